@@ -1,0 +1,82 @@
+"""Each op against a naive loop (or torch, for the ones torch defines)."""
+
+import numpy as np
+import pytest
+
+from tinyddim import nn
+
+rng = np.random.default_rng(0)
+
+
+def randn(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def naive_conv2d(x, weight, bias, stride, pads):
+    top, bottom, left, right = pads
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).astype(np.float64)
+    batch, _, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    out = np.zeros((batch, out_channels, (height - kh) // stride + 1, (width - kw) // stride + 1))
+    for b in range(batch):
+        for o in range(out_channels):
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    patch = x[b, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+                    out[b, o, i, j] = (patch * weight[o]).sum() + bias[o]
+    return out
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (3, 2, 1), (3, 2, (0, 1, 0, 1))])
+def test_conv2d_matches_naive_loop(kernel, stride, padding):
+    x, weight, bias = randn(2, 3, 6, 8), randn(4, 3, kernel, kernel), randn(4)
+    pads = (padding,) * 4 if isinstance(padding, int) else padding
+    expected = naive_conv2d(x, weight, bias, stride, pads)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias, stride=stride, padding=padding), expected, atol=1e-5)
+
+
+def test_group_norm_matches_naive_loop():
+    x, weight, bias = randn(2, 6, 4, 5), randn(6), randn(6)
+    expected = np.empty_like(x, dtype=np.float64)
+    for b in range(2):
+        for g in range(3):
+            chunk = x[b, 2 * g : 2 * g + 2].astype(np.float64)
+            expected[b, 2 * g : 2 * g + 2] = (chunk - chunk.mean()) / np.sqrt(chunk.var() + 1e-6)
+    expected = expected * weight[None, :, None, None] + bias[None, :, None, None]
+    np.testing.assert_allclose(nn.group_norm(x, weight, bias, num_groups=3, eps=1e-6), expected, atol=1e-5)
+
+
+def test_attention_matches_naive_loop():
+    q, k, v = randn(2, 5, 4), randn(2, 7, 4), randn(2, 7, 3)
+    expected = np.empty((2, 5, 3))
+    for b in range(2):
+        for i in range(5):
+            scores = np.array([q[b, i] @ k[b, j] / 2.0 for j in range(7)], dtype=np.float64)
+            weights = np.exp(scores) / np.exp(scores).sum()
+            expected[b, i] = sum(weights[j] * v[b, j] for j in range(7))
+    np.testing.assert_allclose(nn.attention(q, k, v), expected, atol=1e-5)
+
+
+def test_linear_silu_and_upsample_match_definitions():
+    x, weight, bias = randn(3, 4), randn(5, 4), randn(5)
+    expected = np.array([[sum(x[i, k] * weight[o, k] for k in range(4)) + bias[o] for o in range(5)]
+                         for i in range(3)])
+    np.testing.assert_allclose(nn.linear(x, weight, bias), expected, atol=1e-5)
+    np.testing.assert_allclose(nn.silu(x), x / (1 + np.exp(-x.astype(np.float64))), atol=1e-6)
+    image = randn(1, 2, 3, 4)
+    up = nn.upsample_nearest(image)
+    assert up.shape == (1, 2, 6, 8)
+    for i in range(6):
+        for j in range(8):
+            assert np.array_equal(up[:, :, i, j], image[:, :, i // 2, j // 2])
+
+
+@pytest.mark.parametrize("flip,shift", [(True, 0), (False, 1)])
+def test_timestep_embedding_matches_diffusers(flip, shift):
+    torch = pytest.importorskip("torch")
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = [0, 1, 17, 500, 999]
+    expected = get_timestep_embedding(torch.tensor(t), 64, flip_sin_to_cos=flip, downscale_freq_shift=shift)
+    # float32 t·freq near t = 999 is only good to ~6e-5 (one ulp of 999), whoever computes it
+    np.testing.assert_allclose(nn.timestep_embedding(t, 64, flip, shift), expected.numpy(), atol=1e-4)

@@ -1,0 +1,159 @@
+"""Whole sampling runs against diffusers' pipelines, on every device stand-in, and their bad input."""
+
+import numpy as np
+import pytest
+
+import strict  # noqa: F401  (registers the "strict" device)
+from models import diffusers_unet, save_pipeline_folder
+from tinyddim import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, ImagePipelineOutput, UNet2DModel
+from tinyddim.cli import main as cli
+
+
+@pytest.fixture(scope="module")
+def model():
+    return diffusers_unet("mnist")
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    return save_pipeline_folder(model, tmp_path_factory.mktemp("pipe"))
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    pipe = DDIMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def latents_for(batch, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, 1, 16, 16), dtype=np.float32)
+
+
+def diffusers_images(pipeline_class, model, latents, monkeypatch, **kwargs):
+    """Run diffusers' own pipeline with its x_T replaced by `latents`."""
+    import torch
+    from diffusers import DDPMScheduler as TorchDDPM
+    import diffusers.pipelines.ddim.pipeline_ddim as ddim_module
+    import diffusers.pipelines.ddpm.pipeline_ddpm as ddpm_module
+
+    for module in (ddim_module, ddpm_module):
+        monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: torch.from_numpy(latents.copy()))
+    pipe = pipeline_class(unet=model, scheduler=TorchDDPM())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=len(latents), output_type="np", **kwargs).images
+
+
+@pytest.mark.parametrize("steps", [1, 10, 25])
+def test_ddim_run_matches_diffusers_pipeline(pipe, model, steps, monkeypatch):
+    from diffusers import DDIMPipeline as TorchDDIMPipeline
+
+    latents = latents_for(2)
+    ours = pipe(batch_size=2, latents=latents, num_inference_steps=steps, output_type="np").images
+    theirs = diffusers_images(TorchDDIMPipeline, model, latents, monkeypatch, num_inference_steps=steps)
+    assert ours.shape == theirs.shape == (2, 16, 16, 1)
+    diff = np.abs(ours - theirs)
+    assert diff.max() <= (1e-4 if steps == 1 else 1e-2) and diff.mean() <= 1e-3
+
+
+def test_ddpm_pipeline_with_one_step_matches_diffusers(folder, model, monkeypatch):
+    from diffusers import DDPMPipeline as TorchDDPMPipeline
+
+    latents = latents_for(2)
+    ours = DDPMPipeline.from_pretrained(folder)(batch_size=2, latents=latents, num_inference_steps=1,
+                                                output_type="np", progress=False).images
+    theirs = diffusers_images(TorchDDPMPipeline, model, latents, monkeypatch, num_inference_steps=1)
+    assert np.abs(ours - theirs).max() <= 1e-4
+
+
+def test_ddim_pipeline_turns_a_ddpm_scheduler_into_ddim(folder):
+    unet = UNet2DModel.from_pretrained(folder)
+    pipe = DDIMPipeline(unet, DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+
+
+def test_same_seed_same_images_and_outputs_in_both_types(pipe):
+    a = pipe(batch_size=2, generator=7, num_inference_steps=3, output_type="np").images
+    b = pipe(batch_size=2, generator=np.random.default_rng(7), num_inference_steps=3, output_type="np").images
+    assert np.array_equal(a, b) and a.min() >= 0 and a.max() <= 1
+    pil = pipe(batch_size=2, generator=7, num_inference_steps=3).images
+    assert [image.size for image in pil] == [(16, 16)] * 2 and pil[0].mode == "L"
+    assert np.array_equal(np.asarray(pil[0]), (a[0, :, :, 0] * 255).round().astype(np.uint8))
+    out = pipe(batch_size=1, generator=1, num_inference_steps=2, return_dict=False)
+    assert isinstance(out, tuple) and len(out[0]) == 1
+    assert isinstance(pipe(num_inference_steps=1), ImagePipelineOutput)
+
+
+def test_eta_one_draws_fresh_noise_from_the_generator(pipe):
+    a = pipe(batch_size=1, generator=3, eta=1.0, num_inference_steps=4, output_type="np").images
+    b = pipe(batch_size=1, generator=3, eta=0.0, num_inference_steps=4, output_type="np").images
+    c = pipe(batch_size=1, generator=3, eta=1.0, num_inference_steps=4, output_type="np").images
+    assert np.array_equal(a, c) and not np.array_equal(a, b)
+
+
+def test_callback_sees_every_step(pipe):
+    seen = []
+    pipe(batch_size=1, generator=0, num_inference_steps=5,
+         callback=lambda i, t, x_t, x0_pred: seen.append((i, t, x_t.shape, x0_pred.shape)))
+    assert [s[:2] for s in seen] == list(zip(range(5), [800, 600, 400, 200, 0]))
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_strict_device_run_never_converts_to_host_and_matches_cpu(folder, eta):
+    cpu = DDIMPipeline.from_pretrained(folder)
+    device = DDIMPipeline.from_pretrained(folder, device="strict")
+    assert device.unet.device == "strict"
+    kwargs = dict(batch_size=2, generator=5, eta=eta, num_inference_steps=4, output_type="np", progress=False)
+    assert np.abs(device(**kwargs).images - cpu(**kwargs).images).max() <= 1e-6
+    moved = cpu.to("strict")(**kwargs).images
+    assert np.abs(moved - cpu(**kwargs).images).max() <= 1e-6
+
+
+def test_strict_device_catches_a_host_conversion():
+    from strict import strict as xp
+
+    with pytest.raises(TypeError, match="implicit conversion"):
+        np.asarray(xp.asarray(np.ones(3)))
+    with pytest.raises(TypeError, match="mixed"):
+        xp.asarray(np.ones(3)) + np.ones(3)
+
+
+def test_cuda_without_cupy_says_to_install_the_gpu_extra(folder, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    from tinyddim import backend
+
+    monkeypatch.setattr(backend, "_devices", {k: v for k, v in backend._devices.items() if k != "cuda"})
+    with pytest.raises(RuntimeError, match=r"tinyddim\[gpu\]"):
+        UNet2DModel.from_pretrained(folder, device="cuda")
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(num_inference_steps=0), ValueError, "num_inference_steps"),
+    (dict(eta=-0.1), ValueError, "eta"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(batch_size=1.5), ValueError, "batch_size"),
+    (dict(output_type="pt"), ValueError, "output_type 'pt'"),
+    (dict(latents=np.zeros((1, 1, 8, 8), np.float32)), ValueError, r"latents must have shape \(1, 1, 16, 16\)"),
+    (dict(latents=np.full((1, 1, 16, 16), np.nan, np.float32)), ValueError, "NaN"),
+    (dict(generator="seed"), TypeError, "generator"),
+    (dict(num_inference_steps=1001), ValueError, "num_inference_steps"),
+])
+def test_bad_pipeline_arguments_are_named(pipe, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        pipe(**kwargs)
+
+
+def test_cli_sample_with_a_model_writes_a_png_and_refuses_to_overwrite(folder, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    args = ["sample", "--model", str(folder), "-n", "4", "--steps", "2", "-o", str(out)]
+    assert cli(args) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width >= 4 * 16
+    assert cli(args) == 2 and "exists" in capsys.readouterr().err
+    assert cli(args + ["--overwrite"]) == 0
+    assert cli(["sample", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "x.png")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err

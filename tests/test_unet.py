@@ -1,0 +1,85 @@
+"""The hand-written UNet against diffusers' UNet2DModel, for each family of real checkpoints."""
+
+import numpy as np
+import pytest
+
+from models import FAMILIES, diffusers_unet, save_pipeline_folder, torch_eps
+from tinyddim import UNet2DModel
+
+TOLERANCE = 1e-4
+
+
+def x_like(family, batch=2, height=None, width=None, seed=1):
+    config = FAMILIES[family]
+    size = config["sample_size"]
+    shape = (batch, config["in_channels"], height or size, width or size)
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_unet_matches_diffusers_for_each_checkpoint_family(family, tmp_path):
+    model = diffusers_unet(family)
+    unet = UNet2DModel.from_pretrained(save_pipeline_folder(model, tmp_path))
+    x = x_like(family)
+    for t in (0, 999, np.array([3, 640])):
+        assert np.abs(unet(x, t) - torch_eps(model, x, t)).max() <= TOLERANCE
+
+
+def test_unet_loads_old_attention_keys_and_old_config(tmp_path):
+    model = diffusers_unet("ddpm-cifar10")
+    folder = save_pipeline_folder(model, tmp_path, layout="flat", old_keys=True, old_config=True)
+    unet = UNet2DModel.from_pretrained(folder)
+    x = x_like("ddpm-cifar10")
+    assert np.abs(unet(x, 10) - torch_eps(model, x, 10)).max() <= TOLERANCE
+
+
+def test_missing_attention_head_dim_means_8_but_null_means_one_head(tmp_path):
+    model = diffusers_unet("butterflies")  # attention_head_dim=8: 2 heads of 8 at 16 channels
+    folder = save_pipeline_folder(model, tmp_path, layout="flat")
+    config_path = tmp_path / "config.json"
+    import json
+
+    config = json.loads(config_path.read_text())
+    del config["attention_head_dim"]
+    config_path.write_text(json.dumps(config))
+    x = x_like("butterflies")
+    assert np.abs(UNet2DModel.from_pretrained(folder)(x, 5) - torch_eps(model, x, 5)).max() <= TOLERANCE
+    config["attention_head_dim"] = None
+    config_path.write_text(json.dumps(config))
+    assert UNet2DModel.from_pretrained(folder).config.attention_head_dim is None
+
+
+def test_unet_variants_scale_shift_mid_scale_and_center_input(tmp_path):
+    model = diffusers_unet("mnist", resnet_time_scale_shift="scale_shift", attn_norm_num_groups=4,
+                           mid_block_scale_factor=1.414, center_input_sample=True, out_channels=2)
+    unet = UNet2DModel.from_pretrained(save_pipeline_folder(model, tmp_path))
+    x = x_like("mnist")
+    assert np.abs(unet(x, 321) - torch_eps(model, x, 321)).max() <= TOLERANCE
+
+
+def test_unet_takes_non_square_input(tmp_path):
+    model = diffusers_unet("butterflies")
+    unet = UNet2DModel.from_pretrained(save_pipeline_folder(model, tmp_path))
+    x = x_like("butterflies", height=8, width=24)
+    assert unet(x, 7).shape == (2, 3, 8, 24)
+    assert np.abs(unet(x, 7) - torch_eps(model, x, 7)).max() <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def mnist_unet(tmp_path_factory):
+    return UNet2DModel.from_pretrained(save_pipeline_folder(diffusers_unet("mnist"), tmp_path_factory.mktemp("m")))
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((1, 16, 16), "4-D"), ((1, 3, 16, 16), "channels"), ((1, 1, 10, 16), "halved"),
+])
+def test_bad_input_shapes_are_named(mnist_unet, shape, message):
+    with pytest.raises(ValueError, match=message):
+        mnist_unet(np.zeros(shape, np.float32), 1)
+
+
+def test_wrong_number_of_timesteps_is_named(mnist_unet):
+    with pytest.raises(ValueError, match="3 timesteps for a batch of 2"):
+        mnist_unet(np.zeros((2, 1, 16, 16), np.float32), [1, 2, 3])
+    with pytest.raises(TypeError, match="timestep"):
+        mnist_unet(np.zeros((2, 1, 16, 16), np.float32), "late")
