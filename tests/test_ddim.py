@@ -48,7 +48,8 @@ def err_vs_diffusers(S, eta=0.0, use_clipped_model_output=False, seed=0, exact=F
         b = ref.step(torch.from_numpy(model_output), int(t), torch.from_numpy(sample),
                      variance_noise=torch.from_numpy(noise) if eta > 0 else None, **kwargs)
         assert a.prev_sample.dtype == dtype
-        worst = max(worst, rel_err(a.prev_sample, b.prev_sample), rel_err(a.pred_original_sample, b.pred_original_sample))
+        worst = max(worst, rel_err(a.prev_sample, b.prev_sample),
+                    rel_err(a.pred_original_sample, b.pred_original_sample))
     return worst
 
 
@@ -141,8 +142,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_ddim_step_matches_diffusers_in_float32(case):
     S, config = CASES[case]
-    # with prediction_type="sample", ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) amplifies diffusers' float32 rounding of
-    # 1 − ᾱ_t near t = 0 (measured: diffusers 3.7e-5 from a float64 reference, ours 2e-7)
+    # with prediction_type="sample", ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) amplifies diffusers' float32
+    # rounding of 1 − ᾱ_t near t = 0 (measured: diffusers 3.7e-5 from a float64 reference, ours 2e-7)
     tol = 5e-5 if config.get("prediction_type") == "sample" else TOL
     assert err_vs_diffusers(S, **config) < tol
 
@@ -192,7 +193,8 @@ def test_ddim_steps_to_the_next_listed_timestep_when_s_does_not_divide_t(spacing
     ("trailing", 30, 966, 932, 933, 5e-5),
     ("linspace", 10, 555, 444, 455, 1e-2),
 ])
-def test_diffusers_ddim_steps_to_t_minus_T_over_S_instead_of_the_next_timestep(spacing, S, t, ours_prev, theirs_prev, min_diff):
+def test_diffusers_ddim_steps_to_t_minus_T_over_S_instead_of_the_next_timestep(
+        spacing, S, t, ours_prev, theirs_prev, min_diff):
     ours, ref = DDIMScheduler(timestep_spacing=spacing), diffusers.DDIMScheduler(timestep_spacing=spacing)
     ours.set_timesteps(S)
     ref.set_timesteps(S)
@@ -278,7 +280,8 @@ def test_variance_noise_of_the_wrong_shape_is_an_error():
     s = DDIMScheduler()
     s.set_timesteps(10)
     x = np.zeros(SHAPE, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"variance_noise has shape \(2, 3, 8\); expected the sample's shape \(2, 3, 8, 8\)"):
+    expected = r"variance_noise has shape \(2, 3, 8\); expected the sample's shape \(2, 3, 8, 8\)"
+    with pytest.raises(ValueError, match=expected):
         s.step(x, 900, x, eta=1.0, variance_noise=x[..., 0])
 
 
@@ -305,3 +308,26 @@ def test_epsilon_prediction_at_zero_terminal_snr_is_an_error_not_inf():
     x = np.zeros(SHAPE, dtype=np.float32)
     with pytest.raises(ValueError, match="prediction_type='epsilon' cannot give x̂_0 at ᾱ_t = 0"):
         s.step(x, 999, x)
+
+
+# ---- backend ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", [{}, {"thresholding": True, "prediction_type": "v_prediction"}],
+                         ids=["clip", "threshold-v"])
+def test_ddim_scheduler_on_a_strict_device_never_touches_host_and_matches_numpy(config):
+    from strict import StrictArray, strict as xp
+
+    s = DDIMScheduler(**config)
+    s.set_timesteps(5)
+    rng = np.random.default_rng(0)
+    x, eps = (rng.standard_normal(SHAPE, dtype=np.float32) for _ in range(2))
+    x_dev, eps_dev = xp.asarray(x), xp.asarray(eps)
+    for t in s.timesteps:
+        kwargs = {"eta": 0.5, "use_clipped_model_output": True}
+        x = s.step(eps, t, x, generator=np.random.default_rng(int(t)), **kwargs).prev_sample
+        x_dev = s.step(eps_dev, t, x_dev, generator=np.random.default_rng(int(t)), **kwargs).prev_sample
+    assert isinstance(x_dev, StrictArray)
+    np.testing.assert_allclose(xp.asnumpy(x_dev), x, rtol=1e-6, atol=1e-6)
+    noisy = s.add_noise(x_dev, eps_dev, np.array([10, 500]))
+    assert isinstance(noisy, StrictArray)
+    np.testing.assert_allclose(xp.asnumpy(noisy), s.add_noise(x, eps, np.array([10, 500])), rtol=1e-6)

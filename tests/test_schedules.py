@@ -159,7 +159,7 @@ def test_add_noise_matches_diffusers_with_one_timestep_per_example():
     t = np.array([0, 10, 500, 999])
     for config in SCHEDULES[:3]:
         ours = DDPMScheduler(**config).add_noise(x0, noise, t)
-        ref = diffusers.DDPMScheduler(**config).add_noise(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t))
+        ref = diffusers.DDPMScheduler(**config).add_noise(*map(torch.from_numpy, (x0, noise, t)))
         assert ours.dtype == np.float32
         assert np.abs(ours - ref.numpy()).max() < 2e-5  # diffusers rounds ᾱ to float32
 

@@ -27,9 +27,11 @@ from .schedules import Scheduler, eps_from_x0, x0_and_eps
 
 
 def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
-    """σ_t(η) = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev), a Python float.   (DDIM Eq. 16)"""
+    """σ_t(η) = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev), a Python float.        (DDIM Eq. 16)"""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta == 0:  # deterministic DDIM; also where Eq. 16 is 0/0 (ᾱ_t = 1, the first step of inversion)
+        return 0.0
     return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev))
 
 
@@ -59,7 +61,10 @@ def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta=0.0, noise=None, x0_pre
 
 @dataclass
 class DDIMSchedulerOutput:
-    """prev_sample: x_prev; pred_original_sample: x̂_0; pred_epsilon: the ε in the direction term (a tinyddim extra)."""
+    """prev_sample: x_prev; pred_original_sample: x̂_0; pred_epsilon: the ε of the direction term.
+
+    pred_epsilon is a tinyddim extra (diffusers has only the first two); trajectories and inversion use it.
+    """
 
     prev_sample: Any
     pred_original_sample: Any = None

@@ -13,9 +13,12 @@ Notation (code name -> paper symbol)
     noise           z ~ N(0, I) in Algorithm 2
     t, t_prev       a timestep and the next one in `.timesteps` (−1 after the last)
 
-variance_type -> σ_t:  fixed_small, fixed_small_log: √β̃_t (σ_t² = β̃_t);  fixed_large, fixed_large_log: √β_t;
-learned: √v (the model outputs v = σ_t² in its second C channels);  learned_range: the model outputs
-v ∈ [−1, 1] and log σ_t² = (v+1)/2 · log β_t + (1 − v)/2 · log β̃_t (Nichol & Dhariwal, arXiv 2102.09672, Eq. 15).
+variance_type -> σ_t
+    fixed_small, fixed_small_log   √β̃_t  (σ_t² = β̃_t)
+    fixed_large, fixed_large_log   √β_t
+    learned                        √v, where the model outputs v = σ_t² in its second C channels
+    learned_range                  the model outputs v ∈ [−1, 1] there, and
+                                   log σ_t² = (v+1)/2 · log β_t + (1−v)/2 · log β̃_t   (Nichol & Dhariwal, Eq. 15)
 diffusers returns NaN for fixed_large_log (it takes √ of log β_t); we use √β_t as its name says.
 """
 
@@ -30,7 +33,7 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_
 
 
 def ddpm_beta_tilde(alpha_bar_t, alpha_bar_prev):
-    """β̃_t = (1 − ᾱ_prev)/(1 − ᾱ_t) · β_t with β_t = 1 − ᾱ_t/ᾱ_prev, floored at 1e-20 (as diffusers).   (DDPM Eq. 7)"""
+    """β̃_t = (1 − ᾱ_prev)/(1 − ᾱ_t) · β_t, β_t = 1 − ᾱ_t/ᾱ_prev; floored at 1e-20 as diffusers.   (DDPM Eq. 7)"""
     beta_t = 1 - alpha_bar_t / alpha_bar_prev
     return max((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t, 1e-20)
 

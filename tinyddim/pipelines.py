@@ -16,6 +16,8 @@ import numpy as np
 from .backend import as_generator, get_array_module, randn, to_device, to_numpy
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .inversion import ddim_invert
+from .trajectory import Trajectory
 from .unet import UNet2DModel
 from .weights import read_scheduler_config, resolve
 
@@ -24,9 +26,11 @@ OUTPUT_TYPES = ("pil", "np")
 
 @dataclass
 class ImagePipelineOutput:
-    """`images`: a list of PIL images, or a float array (B, H, W, C) in [0, 1]."""
+    """`images`: a list of PIL images, or a float array (B, H, W, C) in [0, 1].
+    `trajectory`: the run's x_t, x̂_0 and ε per step (a `Trajectory`), when asked for."""
 
     images: object
+    trajectory: Trajectory = None
 
 
 class _Pipeline:
@@ -102,8 +106,22 @@ def numpy_to_pil(images):
     return [Image.fromarray(image) for image in pixels]
 
 
-def _output(images, return_dict):
-    return ImagePipelineOutput(images=images) if return_dict else (images,)
+def _output(images, return_dict, trajectory=None):
+    if return_dict:
+        return ImagePipelineOutput(images=images, trajectory=trajectory)
+    return (images,) if trajectory is None else (images, trajectory)
+
+
+def as_x0(images):
+    """Images as the pipelines return them (PIL list, or floats (B, H, W, C) in [0, 1]) -> x_0 (B, C, H, W) in [-1, 1]."""
+    if isinstance(images, np.ndarray):
+        pixels = images.astype(np.float32)
+    else:
+        arrays = [np.asarray(image, dtype=np.float32) / 255 for image in images]
+        pixels = np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays])
+    if pixels.ndim != 4:
+        raise ValueError(f"images must be (B, H, W, C) floats in [0, 1] or a list of PIL images, got {pixels.shape}")
+    return pixels.transpose(0, 3, 1, 2) * 2 - 1  # (B, H, W, C) -> (B, C, H, W)
 
 
 class DDIMPipeline(_Pipeline):
@@ -116,20 +134,42 @@ class DDIMPipeline(_Pipeline):
 
     def __call__(self, batch_size=1, generator=None, eta=0.0, num_inference_steps=50,
                  use_clipped_model_output=None, output_type="pil", return_dict=True, latents=None,
-                 callback=None, progress=None):
-        """Sample `batch_size` images. `callback(step_index, t, x_t, x0_pred)` runs after each step."""
+                 callback=None, return_trajectory=False, progress=None):
+        """Sample `batch_size` images from x_T ~ N(0, I) (or `latents`) in `num_inference_steps` DDIM steps.
+
+        callback(step_index, t, x_t, x0_pred) runs after each step; return_trajectory=True adds a
+        `Trajectory` (x_t, x̂_0, ε of every step, on the host) to the output.
+        """
         check_call(num_inference_steps, output_type, eta)
         rng = as_generator(generator)
         x_t = self.initial_latents(batch_size, rng, latents)
         self.scheduler.set_timesteps(num_inference_steps)
+        trajectory = Trajectory(self.scheduler.timesteps.copy()) if return_trajectory else None
+        if trajectory is not None:
+            trajectory.record(x_t=x_t)
         for i, t in enumerate(self._progress(self.scheduler.timesteps, progress)):
             eps = self.unet(x_t, t)
             step = self.scheduler.step(eps, t, x_t, eta=eta, generator=rng,
                                        use_clipped_model_output=bool(use_clipped_model_output))
             x_t = step.prev_sample
+            if trajectory is not None:
+                trajectory.record(x_t, step.pred_original_sample, step.pred_epsilon)
             if callback is not None:
                 callback(i, int(t), x_t, step.pred_original_sample)
-        return _output(to_images(x_t, output_type), return_dict)
+        images = to_images(x_t, output_type)
+        return _output(images, return_dict, trajectory.stacked() if trajectory is not None else None)
+
+    def invert(self, images, num_inference_steps=50, progress=None):
+        """Latents x_T that give `images` back with `pipe(latents=..., eta=0.0)` and the same steps.  (§5.4)
+
+        `images`: a list of PIL images, or floats (B, H, W, C) in [0, 1], as the pipeline returns them.
+        """
+        check_call(num_inference_steps, "np")
+        x0 = as_x0(images)
+        if x0.shape[1:] != self.unet.sample_shape:
+            raise ValueError(f"images are {x0.shape[1:]} (C, H, W); the model makes {self.unet.sample_shape}")
+        return ddim_invert(self.unet, self.scheduler, x0, num_inference_steps,
+                           lambda steps: self._progress(steps, progress))
 
 
 class DDPMPipeline(_Pipeline):
@@ -162,11 +202,13 @@ def default_pipeline(device="cpu"):
 
 
 def sample(batch_size=16, num_inference_steps=50, eta=0.0, generator=None, output_type="pil", model=None,
-           device="cpu", **kwargs):
+           device="cpu", return_trajectory=False, **kwargs):
     """Sample images with DDIM: from the bundled model, or from `model` (a folder, converted file or hub id).
 
-    Returns what the pipeline's `.images` holds: a list of PIL images, or (B, H, W, C) floats in [0, 1].
+    Returns what the pipeline's `.images` holds: a list of PIL images, or (B, H, W, C) floats in [0, 1];
+    with return_trajectory=True, a pair (images, trajectory). Other keywords go to the pipeline.
     """
     pipe = default_pipeline(device) if model is None else DDIMPipeline.from_pretrained(model, device=device)
-    return pipe(batch_size=batch_size, generator=generator, eta=eta, num_inference_steps=num_inference_steps,
-                output_type=output_type, **kwargs).images
+    out = pipe(batch_size=batch_size, generator=generator, eta=eta, num_inference_steps=num_inference_steps,
+               output_type=output_type, return_trajectory=return_trajectory, **kwargs)
+    return (out.images, out.trajectory) if return_trajectory else out.images

@@ -43,10 +43,13 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 # ---- β schedules -> betas (float64, host) --------------------------------------------------------
 
 def cosine_betas(num_train_timesteps, max_beta=0.999, s=0.008):
-    """β_t = min(1 − ᾱ(t+1)/ᾱ(t), max_beta), ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2).   (Nichol & Dhariwal Eq. 17)"""
-    T = num_train_timesteps
-    alpha_bar_fn = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-    return np.array([min(1 - alpha_bar_fn(t + 1) / alpha_bar_fn(t), max_beta) for t in range(T)])
+    """β_t = min(1 − ᾱ(t+1)/ᾱ(t), max_beta), ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2).   (Nichol & Dhariwal, Eq. 17)
+
+    The "squaredcos_cap_v2" schedule.
+    """
+    t = np.arange(num_train_timesteps + 1) / num_train_timesteps      # (T+1,) t/T = 0 … 1
+    alpha_bar = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2
+    return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
 
 
 def rescale_zero_terminal_snr(betas):
@@ -106,7 +109,8 @@ def make_timesteps(num_train_timesteps, num_inference_steps, timestep_spacing="l
     elif timestep_spacing == "linspace":
         timesteps = np.round(np.linspace(0, T - 1, S))[::-1]
     else:
-        raise ValueError(f"unsupported timestep_spacing={timestep_spacing!r}; expected one of {list(TIMESTEP_SPACINGS)}")
+        raise ValueError(f"unsupported timestep_spacing={timestep_spacing!r}; "
+                         f"expected one of {list(TIMESTEP_SPACINGS)}")
     timesteps = timesteps.astype(np.int64)
     if timesteps.max() >= T:
         raise ValueError(f"steps_offset={steps_offset} puts timestep {timesteps.max()} past num_train_timesteps={T}")
@@ -136,7 +140,10 @@ def eps_from_x0(x_t, x0_pred, alpha_bar_t):
 
 
 def dynamic_threshold(x0_pred, ratio=0.995, max_value=1.0):
-    """Clip each example to ±s and divide by s, s = clip(ratio-quantile of |x̂_0|, 1, max_value).   (Imagen, arXiv 2205.11487)"""
+    """Clip each example to ±s and divide by s, s = clip(ratio-quantile of |x̂_0|, 1, max_value).
+
+    Dynamic thresholding from Imagen, Saharia et al. 2022 (arXiv 2205.11487).
+    """
     xp = get_array_module(x0_pred)
     flat = x0_pred.reshape(x0_pred.shape[0], -1)          # (B, C·H·W)
     s = xp.quantile(abs(flat), ratio, axis=1)             # (B,)
@@ -189,8 +196,8 @@ class Scheduler:
     @classmethod
     def from_pretrained(cls, path, subfolder=None, **kwargs):
         """Read `scheduler_config.json` from folder `path`, `path/subfolder`, or `path/scheduler` (a pipeline)."""
-        is_pipeline = os.path.isdir(os.path.join(path, "scheduler")) and not os.path.isfile(os.path.join(path, CONFIG_NAME))
-        if subfolder is None and is_pipeline:
+        in_pipeline = os.path.join(path, "scheduler", CONFIG_NAME)
+        if subfolder is None and not os.path.isfile(os.path.join(path, CONFIG_NAME)) and os.path.isfile(in_pipeline):
             subfolder = "scheduler"
         return cls.from_config(read_json(find_file(path, [CONFIG_NAME], subfolder, "scheduler config")), **kwargs)
 
@@ -199,21 +206,24 @@ class Scheduler:
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, CONFIG_NAME)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"_class_name": type(self).__name__, **self.config}, f, indent=2)
+            json.dump({"_class_name": type(self).__name__, **self.config}, f, indent=2,
+                      default=lambda value: value.item())  # NumPy scalars
         os.replace(path + ".tmp", path)
 
     def __len__(self):
         return self.config.num_train_timesteps
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items() if k != 'trained_betas')})"
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if k != "trained_betas")
+        return f"{type(self).__name__}({options})"
 
     # -- timesteps --
 
     def set_timesteps(self, num_inference_steps, device=None):
         """Choose the S timesteps to visit (`.timesteps`, int64, host). `device` is accepted and unused."""
         c = self.config
-        self._use_timesteps(make_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset))
+        T = c.num_train_timesteps
+        self._use_timesteps(make_timesteps(T, num_inference_steps, c.timestep_spacing, c.steps_offset))
         self.num_inference_steps = len(self.timesteps)
 
     def _use_timesteps(self, timesteps):

@@ -1,0 +1,95 @@
+"""Trajectories, interpolation, inversion and the paper's experiment helpers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from models import diffusers_unet, save_pipeline_folder
+from tinyddim import DDIMPipeline, DDPMScheduler
+from tinyddim.explore import consistency_images, eta_sweep, interpolation, reconstruction_error, slerp
+from tinyddim.unet import unet_config
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    pipe = DDIMPipeline.from_pretrained(save_pipeline_folder(diffusers_unet("mnist"), tmp_path_factory.mktemp("p")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_trajectory_holds_every_state_and_ends_at_the_images(pipe):
+    out = pipe(batch_size=2, generator=0, num_inference_steps=4, output_type="np", return_trajectory=True)
+    tr = out.trajectory
+    assert list(tr.timesteps) == [750, 500, 250, 0]
+    assert tr.x_t.shape == (5, 2, 1, 16, 16) and tr.x0_pred.shape == tr.eps.shape == (4, 2, 1, 16, 16)
+    np.testing.assert_allclose(np.clip(tr.x_t[-1] / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1), out.images, atol=1e-6)
+    again = pipe(batch_size=2, generator=0, num_inference_steps=4, output_type="np")
+    assert np.array_equal(again.images, out.images) and again.trajectory is None
+
+
+def test_trajectory_steps_follow_eq_12(pipe):
+    tr = pipe(batch_size=1, generator=1, num_inference_steps=3, return_trajectory=True).trajectory
+    alpha_bar = pipe.scheduler.alpha_bar
+    for i, t in enumerate(tr.timesteps):
+        a_prev = alpha_bar[tr.timesteps[i + 1]] if i + 1 < len(tr.timesteps) else 1.0
+        expected = math.sqrt(a_prev) * tr.x0_pred[i] + math.sqrt(1 - a_prev) * tr.eps[i]
+        np.testing.assert_allclose(tr.x_t[i + 1], expected, atol=1e-5)
+
+
+def test_slerp_hits_the_endpoints_and_keeps_the_norm_of_orthogonal_latents():
+    z0 = np.array([[1.0, 0.0]], np.float32)
+    z1 = np.array([[0.0, 1.0]], np.float32)
+    path = slerp(z0, z1, np.linspace(0, 1, 5))
+    assert path.shape == (5, 1, 2)
+    np.testing.assert_allclose(path[0], z0, atol=1e-7)
+    np.testing.assert_allclose(path[-1], z1, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(path.reshape(5, 2), axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(slerp(z0, z1, 0.5), [[math.sqrt(0.5), math.sqrt(0.5)]], atol=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        slerp(z0, np.zeros((2, 2), np.float32), 0.5)
+
+
+def test_interpolation_and_consistency_helpers_decode_given_latents(pipe):
+    rng = np.random.default_rng(0)
+    z0, z1 = rng.standard_normal((2, 1, 16, 16), dtype=np.float32)
+    images = interpolation(pipe, z0, z1, num=3, num_inference_steps=2)
+    assert images.shape == (3, 16, 16, 1)
+    ends = pipe(batch_size=2, latents=np.stack([z0, z1]), num_inference_steps=2, output_type="np").images
+    np.testing.assert_allclose(images[[0, -1]], ends, atol=1e-5)
+    grids = consistency_images(pipe, np.stack([z0, z1]), steps=(2, 5))
+    assert sorted(grids) == [2, 5] and grids[2].shape == (2, 16, 16, 1)
+    np.testing.assert_allclose(grids[2], ends, atol=1e-6)
+
+
+def test_eta_sweep_scores_every_eta_and_sigma_hat(pipe):
+    table = eta_sweep(pipe, score=lambda images: float(images.mean()), etas=(0.0, 1.0), steps=(2, 3), batch_size=2)
+    assert sorted(table, key=str) == sorted([(0.0, 2), (1.0, 2), ("σ̂", 2), (0.0, 3), (1.0, 3), ("σ̂", 3)], key=str)
+
+
+class GaussianDataUNet:
+    """The exact ε for data x_0 ~ N(0, I): ε(x_t, t) = √(1 − ᾱ_t) · x_t (then x_t ~ N(0, I) for all t)."""
+
+    def __init__(self, alpha_bar):
+        self.alpha_bar = alpha_bar
+        self.config = unet_config({"in_channels": 1, "out_channels": 1, "sample_size": 8})
+        self.device, self.sample_shape = "cpu", (1, 8, 8)
+
+    def __call__(self, x, t):
+        return math.sqrt(1 - self.alpha_bar[int(t)]) * x
+
+
+def test_inversion_error_falls_with_steps_for_the_exact_gaussian_model():
+    scheduler = DDPMScheduler(clip_sample=False)
+    pipe = DDIMPipeline(GaussianDataUNet(scheduler.alpha_bar), scheduler)
+    images = np.random.default_rng(0).uniform(0.2, 0.8, (2, 8, 8, 1)).astype(np.float32)
+    errors = reconstruction_error(pipe, images, steps=(5, 20, 100))
+    assert errors[5] > errors[20] > errors[100] and errors[100] < 0.02
+
+
+def test_invert_accepts_pil_images_and_checks_their_shape(pipe):
+    images = pipe(batch_size=2, generator=0, num_inference_steps=2).images
+    latents = pipe.invert(images, num_inference_steps=2, progress=False)
+    assert latents.shape == (2, 1, 16, 16) and np.isfinite(latents).all()
+    with pytest.raises(ValueError, match="images are"):
+        pipe.invert(np.zeros((1, 8, 8, 1), np.float32), num_inference_steps=2)

@@ -1,0 +1,84 @@
+"""The paper's experiments, small enough to run on a laptop with any DDIMPipeline.
+
+    consistency_images      Fig. 5: one x_T, sampled with S = 10 ... 1000 steps, keeps its content
+    slerp, interpolation    Fig. 6: spherical interpolation between two latents, decoded with η = 0
+    eta_sweep               Table 1: sample quality against η ∈ {0, 0.5, 1}, σ̂ and the number of steps S
+    reconstruction_error    Table 2: encode images with DDIM inversion, decode, per-pixel RMSE against S
+"""
+
+import math
+
+import numpy as np
+
+from .backend import get_array_module, randn
+from .ddpm import DDPMScheduler
+from .pipelines import DDPMPipeline, as_x0
+
+
+def slerp(z0, z1, alpha):
+    """Spherical interpolation between latents z0 and z1 (same shape); alpha a scalar or a 1-D array.
+
+        z = sin((1 − α)θ)/sin θ · z0 + sin(αθ)/sin θ · z1,    cos θ = ⟨z0, z1⟩ / (‖z0‖ ‖z1‖)
+
+    Returns one latent for a scalar alpha, or a stack (len(alpha), *z0.shape).
+    """
+    xp = get_array_module(z0)
+    if z0.shape != z1.shape:
+        raise ValueError(f"slerp needs latents of one shape, got {z0.shape} and {z1.shape}")
+    cos_theta = float((z0 * z1).sum()) / math.sqrt(float((z0 * z0).sum()) * float((z1 * z1).sum()))
+    theta = math.acos(min(1.0, max(-1.0, cos_theta)))
+    alphas = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+    if theta < 1e-6:  # (anti)parallel latents: fall back to the straight line
+        weights = [(1 - a, a) for a in alphas]
+    else:
+        weights = [(math.sin((1 - a) * theta) / math.sin(theta), math.sin(a * theta) / math.sin(theta))
+                   for a in alphas]
+    out = xp.stack([w0 * z0 + w1 * z1 for w0, w1 in weights]).astype(z0.dtype)
+    return out[0] if np.ndim(alpha) == 0 else out
+
+
+def interpolation(pipe, z0, z1, num=8, num_inference_steps=50, output_type="np"):
+    """Images decoded (η = 0) from `num` latents slerped from z0 to z1, each (C, H, W).   (Fig. 6)"""
+    latents = slerp(z0, z1, np.linspace(0, 1, num))  # (num, C, H, W)
+    return pipe(batch_size=num, latents=latents, eta=0.0, num_inference_steps=num_inference_steps,
+                output_type=output_type, progress=False).images
+
+
+def consistency_images(pipe, latents, steps=(10, 20, 50, 100, 1000)):
+    """{S: images (B, H, W, C)} from the same x_T `latents` (B, C, H, W) with S DDIM steps.   (Fig. 5)"""
+    return {S: pipe(batch_size=len(latents), latents=latents, eta=0.0, num_inference_steps=S,
+                    output_type="np", progress=False).images for S in steps}
+
+
+def eta_sweep(pipe, score, etas=(0.0, 0.5, 1.0), steps=(10, 20, 50, 100), batch_size=64, seed=0,
+              sigma_hat=True):
+    """{(η or "σ̂", S): score(images)} for images from the same x_T.   (Table 1)
+
+    σ̂ is the paper's "larger variance" DDPM, σ̂_t = √(1 − ᾱ_t/ᾱ_prev): the DDPM step with
+    variance_type="fixed_large" over the same S timesteps. `score` maps images (B, H, W, C) in [0, 1]
+    to a number (e.g. a classifier's confidence).
+    """
+    latents = randn(seed, (batch_size,) + pipe.unet.sample_shape)
+    table = {}
+    for S in steps:
+        for eta in etas:
+            table[(eta, S)] = score(pipe(batch_size=batch_size, latents=latents, eta=eta, generator=seed + 1,
+                                         num_inference_steps=S, output_type="np", progress=False).images)
+        if sigma_hat:
+            ddpm = DDPMPipeline(pipe.unet, DDPMScheduler.from_config(
+                {**pipe.scheduler.config, "variance_type": "fixed_large"}))
+            table[("σ̂", S)] = score(ddpm(batch_size=batch_size, latents=latents, generator=seed + 1,
+                                          num_inference_steps=S, output_type="np", progress=False).images)
+    return table
+
+
+def reconstruction_error(pipe, images, steps=(10, 20, 50, 100)):
+    """{S: per-pixel RMSE on a [0, 1] scale} of images encoded by DDIM inversion and decoded.   (Table 2)"""
+    target = ((as_x0(images) + 1) / 2).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C), in [0, 1]
+    errors = {}
+    for S in steps:
+        latents = pipe.invert(images, num_inference_steps=S, progress=False)
+        decoded = pipe(batch_size=len(images), latents=latents, eta=0.0, num_inference_steps=S,
+                       output_type="np", progress=False).images
+        errors[S] = float(np.sqrt(np.mean((decoded - target) ** 2)))
+    return errors
