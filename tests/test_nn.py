@@ -80,3 +80,14 @@ def test_timestep_embedding_matches_diffusers(flip, shift):
     expected = get_timestep_embedding(torch.tensor(t), 64, flip_sin_to_cos=flip, downscale_freq_shift=shift)
     # float32 t·freq near t = 999 is only good to ~6e-5 (one ulp of 999), whoever computes it
     np.testing.assert_allclose(nn.timestep_embedding(t, 64, flip, shift), expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("budget", [1, 200, 10_000, 1 << 20])
+def test_blocked_conv2d_matches_the_reference_for_any_buffer_budget(budget, monkeypatch):
+    monkeypatch.setattr(nn, "_im2col_budget", lambda xp: budget)
+    x, weight, bias = randn(3, 4, 9, 7), randn(5, 4, 3, 3), randn(5)
+    for stride, padding in ((1, 1), (2, (0, 1, 0, 1)), (2, 1)):
+        expected = nn.conv2d_reference(x, weight, bias, stride=stride, padding=padding)
+        np.testing.assert_allclose(nn.conv2d(x, weight, bias, stride=stride, padding=padding), expected, atol=1e-5)
+    pointwise = randn(5, 4, 1, 1)
+    np.testing.assert_allclose(nn.conv2d(x, pointwise, bias), nn.conv2d_reference(x, pointwise, bias), atol=1e-5)

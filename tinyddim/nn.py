@@ -20,15 +20,21 @@ def linear(x, weight, bias=None):
 
 
 def silu(x):
-    """SiLU / swish: x · σ(x)."""
-    return x / (1 + get_array_module(x).exp(-x))
+    """SiLU / swish: x · σ(x) = x / (1 + e^(−x)), in one buffer."""
+    xp = get_array_module(x)
+    out = xp.negative(x)
+    xp.exp(out, out=out)
+    out += 1
+    return xp.divide(x, out, out=out)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D cross-correlation as torch.nn.Conv2d: x (B, C, H, W), weight (O, C, kh, kw) -> (B, O, H', W').
 
     `padding` is an int (zeros on all sides) or (top, bottom, left, right).
-    Unfolds the k·k shifted views of x into columns (im2col) and does one matrix product.
+    Unfolds the kh·kw shifted views of x into columns (im2col) and does one matrix product per block of
+    output positions: whole images when they fit a small buffer, else bands of rows. Bounding the buffer
+    keeps it in cache and keeps memory flat for 256x256 inputs (`conv2d_reference` is the plain version).
     """
     xp = get_array_module(x)
     top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
@@ -36,31 +42,78 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
-    out_h = (height - kh) // stride + 1
-    out_w = (width - kw) // stride + 1
-    if kh == kw == 1 and stride == 1:
-        cols = x.reshape(batch, channels, height * width)  # (B, C, H, W) -> (B, C, HW)
-    else:
-        cols = xp.empty((batch, channels, kh, kw, out_h, out_w), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, i, j] = x[:, :, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
-        cols = cols.reshape(batch, channels * kh * kw, out_h * out_w)  # -> (B, C·kh·kw, H'W')
-    y = weight.reshape(out_channels, -1) @ cols  # (O, C·kh·kw) @ (B, C·kh·kw, H'W') -> (B, O, H'W')
+    out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
+    kernel = weight.reshape(out_channels, -1)  # (O, C, kh, kw) -> (O, C·kh·kw)
+    y = xp.empty((batch, out_channels, out_h * out_w), dtype=x.dtype)
+    for images, rows in _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp)):
+        cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (n, C·kh·kw, rows·W')
+        xp.matmul(kernel, cols, out=y[images, :, rows.start * out_w : rows.stop * out_w])
     if bias is not None:
         y += bias[:, None]
     return y.reshape(batch, out_channels, out_h, out_w)  # (B, O, H'W') -> (B, O, H', W')
 
 
+def _im2col_budget(xp):
+    """Floats in one im2col buffer: a few MB on the CPU (cache-sized); large on a GPU (fewer launches)."""
+    return 1 << 20 if xp is np else 1 << 27
+
+
+def _blocks(batch, out_h, floats_per_row, budget):
+    """(images, rows) slices that cover the output, each needing at most ~`budget` im2col floats."""
+    rows_per_block = max(1, budget // floats_per_row)
+    if rows_per_block >= out_h:  # whole images fit: take several at once
+        step = rows_per_block // out_h
+        return [(slice(b, min(b + step, batch)), slice(0, out_h)) for b in range(0, batch, step)]
+    bands = -(-out_h // rows_per_block)
+    rows_per_block = -(-out_h // bands)  # bands of equal height
+    return [(slice(b, b + 1), slice(r, min(r + rows_per_block, out_h)))
+            for b in range(batch) for r in range(0, out_h, rows_per_block)]
+
+
+def _im2col(x, kh, kw, stride, rows, out_w):
+    """The kh·kw shifted (strided) views of x (n, C, H, W) for output `rows`, as (n, C·kh·kw, rows·W')."""
+    n, channels = x.shape[:2]
+    count = rows.stop - rows.start
+    if kh == kw == 1 and stride == 1:
+        return x[:, :, rows].reshape(n, channels, count * out_w)  # (n, C, rows, W) -> (n, C, rows·W)
+    cols = get_array_module(x).empty((n, channels, kh, kw, count, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            top = rows.start * stride + i
+            cols[:, :, i, j] = x[:, :, top : top + stride * count : stride, j : j + stride * out_w : stride]
+    return cols.reshape(n, channels * kh * kw, count * out_w)  # (n, C, kh, kw, rows, W') -> (n, C·kh·kw, rows·W')
+
+
+def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
+    """The plain version of `conv2d`: one im2col of the whole batch, one matrix product."""
+    xp = get_array_module(x)
+    top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
+    x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_channels, _, kh, kw = weight.shape
+    out_h, out_w = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    cols = _im2col(x, kh, kw, stride, slice(0, out_h), out_w)
+    y = weight.reshape(out_channels, -1) @ cols  # (O, C·kh·kw) @ (B, C·kh·kw, H'W') -> (B, O, H'W')
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.reshape(x.shape[0], out_channels, out_h, out_w)
+
+
 def group_norm(x, weight, bias, num_groups, eps):
-    """torch.nn.GroupNorm: normalise each group of C/G channels over (C/G, H, W), then scale and shift."""
+    """torch.nn.GroupNorm: normalise each group of C/G channels over (C/G, H, W), then scale and shift.
+
+    y = (x − μ_g) · γ_c / √(σ²_g + ε) + β_c, with the per-channel factor γ_c / √(σ²_g + ε) applied in
+    place on the centred copy (few passes over the data).
+    """
+    xp = get_array_module(x)
     batch, channels = x.shape[:2]
     groups = x.reshape(batch, num_groups, -1)  # (B, C, H, W) -> (B, G, C/G·H·W)
-    mean = groups.mean(axis=-1, keepdims=True)
-    var = groups.var(axis=-1, keepdims=True)
-    normed = ((groups - mean) / get_array_module(x).sqrt(var + eps)).reshape(x.shape)  # -> (B, C, H, W)
-    shape = (1, channels) + (1,) * (x.ndim - 2)
-    return normed * weight.reshape(shape) + bias.reshape(shape)
+    centered = groups - groups.mean(axis=-1, keepdims=True)
+    var = xp.einsum("bgi,bgi->bg", centered, centered) / centered.shape[-1]  # (B, G)
+    scale = weight.reshape(num_groups, -1) / xp.sqrt(var + eps)[:, :, None]  # (B, G, C/G)
+    out = centered.reshape(batch, channels, -1)  # (B, G, C/G·HW) -> (B, C, HW)
+    out *= scale.reshape(batch, channels, 1)
+    out += bias[:, None]
+    return out.reshape(x.shape)
 
 
 def softmax(x, axis=-1):

@@ -78,11 +78,13 @@ def resnet_block(p, h, temb, config, output_scale=1.0):
         scale, shift = temb[:, : h.shape[1]], temb[:, h.shape[1] :]
         h = group_norm(h, **p["norm2"], num_groups=groups, eps=eps) * (1 + scale) + shift
     else:
-        h = group_norm(h + temb, **p["norm2"], num_groups=groups, eps=eps)
+        h += temb
+        h = group_norm(h, **p["norm2"], num_groups=groups, eps=eps)
     h = conv2d(silu(h), **p["conv2"], padding=1)
     if "conv_shortcut" in p:
         x = conv2d(x, **p["conv_shortcut"])
-    return (x + h) / output_scale
+    h += x
+    return h if output_scale == 1 else h / output_scale
 
 
 def attention_block(p, h, head_dim, num_groups, eps, output_scale=1.0):

@@ -1,8 +1,24 @@
-"""Pictures: image grids (PIL) for samples."""
+"""Pictures for reading the paper: image grids (PIL) and matplotlib figures of schedules and sampling runs.
+
+    image_grid        samples tiled into one PIL image
+    plot_schedules    β_t, ᾱ_t and SNR_t = ᾱ_t / (1 − ᾱ_t) for the beta schedules
+    plot_timesteps    the S timesteps of leading / trailing / linspace spacing
+    plot_sigmas       σ_t(η) of DDIM Eq. 16 over the (t, t_prev) pairs of a timestep list
+    trajectory_strip  x_t above x̂_0 (DDIM Eq. 9) for the steps of one sampling run
+    plot_eta_table    an η / S table (Table 1) as one line per η (or σ̂) against S
+
+Each plot function returns a `matplotlib.figure.Figure` built with the object-oriented API (no pyplot
+state, nothing shown): in Jupyter (`%matplotlib inline`) a returned figure displays itself, and
+`fig.savefig("plot.png")` writes it anywhere, on a headless machine too.
+"""
 
 import math
 
 import numpy as np
+
+from .ddim import ddim_sigma
+from .pipelines import to_images
+from .schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas, make_timesteps
 
 
 def image_grid(images, ncols=None, scale=1, padding=2):
@@ -32,3 +48,120 @@ def _as_uint8(images):
         return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
     arrays = [np.asarray(image) for image in images]
     return np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays])
+
+
+def _figure(width, height, nrows=1, ncols=1):
+    """A pyplot-free Figure and its axes (always a flat list)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, list(np.ravel(fig.subplots(nrows, ncols, squeeze=False)))
+
+
+# ---- schedules -----------------------------------------------------------------------------------
+
+def plot_schedules(num_train_timesteps=1000, schedules=BETA_SCHEDULES, beta_start=0.0001, beta_end=0.02):
+    """Three panels over t: β_t and SNR_t = ᾱ_t / (1 − ᾱ_t) on log scales, ᾱ_t = ∏ (1 − β_s) on a linear one.
+
+    One line per schedule name (`linear`, `scaled_linear`, `squaredcos_cap_v2`), from `make_betas`.
+    """
+    unknown = [name for name in schedules if name not in BETA_SCHEDULES]
+    if unknown or not schedules:
+        raise ValueError(f"unknown beta schedule(s) {unknown or schedules!r}; expected names from {list(BETA_SCHEDULES)}")
+    fig, (ax_beta, ax_alpha_bar, ax_snr) = _figure(12, 3.4, 1, 3)
+    t = np.arange(num_train_timesteps)
+    for name in schedules:
+        betas = make_betas(num_train_timesteps, beta_start, beta_end, name)
+        alpha_bar = np.cumprod(1 - betas)
+        ax_beta.plot(t, betas, label=name)
+        ax_alpha_bar.plot(t, alpha_bar, label=name)
+        ax_snr.plot(t, alpha_bar / (1 - alpha_bar), label=name)
+    ax_beta.set(title="β_t", xlabel="t", yscale="log")
+    ax_alpha_bar.set(title="ᾱ_t  (the DDIM paper's α_t)", xlabel="t")
+    ax_snr.set(title="SNR_t = ᾱ_t / (1 − ᾱ_t)", xlabel="t", yscale="log")
+    ax_beta.legend()
+    return fig
+
+
+def plot_timesteps(num_train_timesteps=1000, num_inference_steps=10, spacings=TIMESTEP_SPACINGS, steps_offset=0):
+    """One row of markers per spacing: the S timesteps `make_timesteps` gives, on the axis 0 … T − 1."""
+    if not spacings:
+        raise ValueError("spacings is empty; expected names from " + str(list(TIMESTEP_SPACINGS)))
+    fig, (ax,) = _figure(8, 0.6 + 0.5 * len(spacings))
+    for row, spacing in enumerate(spacings):
+        timesteps = make_timesteps(num_train_timesteps, num_inference_steps, spacing, steps_offset)
+        ax.plot(timesteps, np.full(len(timesteps), row), "o", label=spacing)
+    ax.set(yticks=range(len(spacings)), yticklabels=list(spacings), ylim=(-0.6, len(spacings) - 0.4),
+           xlim=(-0.02 * num_train_timesteps, 1.02 * num_train_timesteps), xlabel="t",
+           title=f"timesteps for T = {num_train_timesteps}, S = {num_inference_steps}")
+    ax.invert_yaxis()
+    return fig
+
+
+def plot_sigmas(scheduler, num_inference_steps=10, etas=(0.0, 0.5, 1.0)):
+    """σ_t(η) of Eq. 16 at each timestep t of `scheduler`'s list for S steps, one line per η.
+
+    σ is computed from the (t, t_prev) pairs the scheduler actually steps between (its own rule for
+    t_prev and for ᾱ past the last step); `scheduler` itself is left untouched.
+    """
+    if not hasattr(scheduler, "alpha_bar_at"):
+        raise TypeError(f"plot_sigmas needs a DDIMScheduler or DDPMScheduler, got {type(scheduler).__name__}")
+    scheduler = type(scheduler).from_config(dict(scheduler.config))  # a copy: set_timesteps changes it
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = scheduler.timesteps
+    fig, (ax,) = _figure(6, 3.4)
+    for eta in etas:
+        sigmas = [ddim_sigma(scheduler.alpha_bar_at(t), scheduler.alpha_bar_at(scheduler.previous_timestep(t)), eta)
+                  for t in timesteps.tolist()]
+        ax.plot(timesteps, sigmas, "o-", label=f"η = {eta:g}")
+    ax.set(xlabel="t", ylabel="σ_t(η)", title=f"σ_t(η), Eq. 16, S = {len(timesteps)}")
+    ax.legend()
+    return fig
+
+
+# ---- sampling runs -------------------------------------------------------------------------------
+
+def trajectory_strip(trajectory, index=0, max_columns=10):
+    """Top row x_t, bottom row x̂_0 at up to `max_columns` evenly spaced steps of one image of a run.
+
+    `trajectory`: the `Trajectory` of `pipe(..., return_trajectory=True)`; `index`: which image of the
+    batch. Column i shows the x_t that step i starts from (at t = timesteps[i]) above the x̂_0 predicted
+    there; pixels are shown as the pipeline would save them, x/2 + 1/2 clipped to [0, 1].
+    """
+    x_t, x0_pred, timesteps = np.asarray(trajectory.x_t), np.asarray(trajectory.x0_pred), trajectory.timesteps
+    steps = len(timesteps)
+    if x_t.ndim != 5 or x0_pred.shape != (steps,) + x_t.shape[1:] or len(x_t) != steps + 1:
+        raise ValueError("trajectory must be stacked: x_t (S + 1, B, C, H, W), x0_pred (S, B, C, H, W); "
+                         f"got {x_t.shape} and {x0_pred.shape} for S = {steps}")
+    if not 0 <= index < x_t.shape[1]:
+        raise IndexError(f"index {index} is out of range for a batch of {x_t.shape[1]}")
+    columns = np.unique(np.round(np.linspace(0, steps - 1, min(max_columns, steps))).astype(int))
+    fig, axes = _figure(1.1 * len(columns), 2.5, 2, len(columns))
+    for j, i in enumerate(columns):
+        for row, images, label in ((0, x_t, "x_t"), (1, x0_pred, "x̂_0")):
+            ax = axes[row * len(columns) + j]
+            image = to_images(images[i, index : index + 1], "np")[0]  # (H, W, C) in [0, 1]
+            ax.imshow(image[:, :, 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
+            if j == 0:
+                ax.set_ylabel(label)
+        axes[j].set_title(f"t = {timesteps[i]}", fontsize=9)
+    return fig
+
+
+def plot_eta_table(table, ylabel="score"):
+    """A Table-1 dict {(η or "σ̂", S): score} (as `explore.eta_sweep` returns) as one line per row
+    against S on a log axis."""
+    if not isinstance(table, dict) or not table or not all(isinstance(k, tuple) and len(k) == 2 for k in table):
+        raise ValueError("table must be a non-empty dict {(eta or 'σ̂', S): score}, as explore.eta_sweep returns")
+    rows = list(dict.fromkeys(row for row, _ in table))  # in first-seen order: η values, then σ̂
+    fig, (ax,) = _figure(5.5, 3.6)
+    for row in rows:
+        steps = sorted(S for r, S in table if r == row)
+        ax.plot(steps, [table[(row, S)] for S in steps], "o-", label=row if isinstance(row, str) else f"η = {row:g}")
+    all_steps = sorted({S for _, S in table})
+    ax.set(xscale="log", xlabel="S (sampling steps)", ylabel=ylabel, title="sample quality against η and S")
+    ax.set_xticks(all_steps, [str(S) for S in all_steps])
+    ax.minorticks_off()
+    ax.legend()
+    return fig

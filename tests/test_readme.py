@@ -1,0 +1,26 @@
+"""The README's published sizes stay true."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lines(*paths):
+    return sum(len((ROOT / path).read_text().splitlines()) for path in paths)
+
+
+def test_readme_states_the_sampler_and_unet_sizes_within_ten_percent():
+    readme = (ROOT / "README.md").read_text()
+    sampler = int(re.search(r"DDIM sampler \(`tinyddim/ddim.py`\) is about (\d+) lines", readme).group(1))
+    unet = int(re.search(r"`tinyddim/nn.py`\) is about (\d+) lines", readme).group(1))
+    assert abs(lines("tinyddim/ddim.py") - sampler) <= 0.1 * sampler
+    assert abs(lines("tinyddim/unet.py", "tinyddim/nn.py") - unet) <= 0.1 * unet
+
+
+def test_no_library_file_is_long_or_prints():
+    for path in (ROOT / "tinyddim").glob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) < 400, path
+        if path.name != "cli.py":
+            assert not re.search(r"^\s*print\(", text, re.M), path
