@@ -158,3 +158,10 @@ def test_hub_id_resolves_offline_from_a_cache_the_test_fills(model, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "[16, 32, 32]" in done.stdout
+
+
+def test_converted_file_gets_ordinary_permissions(folder, tmp_path):
+    dst = convert(folder, str(tmp_path / "m.safetensors"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(dst).st_mode & 0o777 == 0o666 & ~umask

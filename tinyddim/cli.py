@@ -7,12 +7,19 @@ written to a temporary name and renamed, and an existing output is replaced only
 import argparse
 import os
 import sys
-import tempfile
+
+from .config import write_atomic
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad arguments: one line on stderr and exit code 2 (argparse would print the usage too)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="tinyddim", description="DDIM sampling in NumPy.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tinyddim", description="DDIM sampling in NumPy.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sample = commands.add_parser("sample", help="write a grid of DDIM samples to a PNG file")
     sample.add_argument("-n", "--num", type=int, default=16, help="number of images (default 16)")
@@ -44,7 +51,7 @@ def run_sample(args):
                     output_type="np", model=args.model, device=args.device, progress=False)
     scale = max(1, 128 // images.shape[1])
     grid = image_grid(images, scale=scale)
-    _write_atomic(args.output, lambda path: grid.save(path, format="PNG"))
+    write_atomic(args.output, lambda path: grid.save(path, format="PNG"))
     print(f"wrote {len(images)} samples to {args.output}")
 
 
@@ -63,19 +70,6 @@ def _check_output(path, overwrite):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"no such folder for the output: {folder}")
-
-
-def _write_atomic(path, write):
-    """write(tmp) into a temporary file beside `path`, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None):

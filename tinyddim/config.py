@@ -1,4 +1,4 @@
-"""Configs as diffusers writes them: `config.json` / `scheduler_config.json`, read into a `Config`.
+"""Configs and files as diffusers writes them: `config.json` / `scheduler_config.json`, read into a `Config`.
 
 A `Config` is a read-only dict whose keys are also attributes (`scheduler.config.num_train_timesteps`),
 like diffusers' FrozenDict. `build_config` fills in defaults, drops diffusers' private keys
@@ -7,6 +7,7 @@ like diffusers' FrozenDict. `build_config` fills in defaults, drops diffusers' p
 
 import json
 import os
+import tempfile
 
 
 class Config(dict):
@@ -62,3 +63,22 @@ def find_file(path, names, subfolder=None, what="file"):
         if os.path.isfile(candidate):
             return candidate
     raise FileNotFoundError(f"no {what} in {folder}: expected one of {', '.join(names)}")
+
+
+def write_atomic(path, write):
+    """Call write(tmp) on a temporary file beside `path`, then rename it to `path`.
+
+    A reader never sees a half-written file, and a failed write leaves nothing behind.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

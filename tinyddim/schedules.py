@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from .backend import as_generator, get_array_module, randn, to_numpy
-from .config import build_config, find_file, read_json
+from .config import build_config, find_file, read_json, write_atomic
 
 CONFIG_NAME = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -204,11 +204,14 @@ class Scheduler:
     def save_config(self, folder):
         """Write `folder/scheduler_config.json` (atomically), readable by us and by diffusers."""
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, CONFIG_NAME)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"_class_name": type(self).__name__, **self.config}, f, indent=2,
-                      default=lambda value: value.item())  # NumPy scalars
-        os.replace(path + ".tmp", path)
+        text = json.dumps({"_class_name": type(self).__name__, **self.config}, indent=2,
+                          default=lambda value: value.item())  # NumPy scalars
+
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+
+        write_atomic(os.path.join(folder, CONFIG_NAME), write)
 
     def __len__(self):
         return self.config.num_train_timesteps

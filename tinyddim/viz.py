@@ -141,7 +141,7 @@ def trajectory_strip(trajectory, index=0, max_columns=10):
         for row, images, label in ((0, x_t, "x_t"), (1, x0_pred, "x̂_0")):
             ax = axes[row * len(columns) + j]
             image = to_images(images[i, index : index + 1], "np")[0]  # (H, W, C) in [0, 1]
-            ax.imshow(image[:, :, 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image[:, :, 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set(xticks=[], yticks=[])
             if j == 0:
                 ax.set_ylabel(label)

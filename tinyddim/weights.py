@@ -11,12 +11,11 @@ key and both shapes.
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from .backend import to_device
-from .config import find_file, read_json
+from .config import find_file, read_json, write_atomic
 from .unet import param_shapes, unet_config
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -191,13 +190,5 @@ def convert(src, dst, dtype="float32", overwrite=False):
     if scheduler is not None:
         metadata["scheduler_config"] = json.dumps(scheduler)
     tensors = {key: np.ascontiguousarray(value, dtype=dtype) for key, value in state.items()}
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(dst, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return dst
