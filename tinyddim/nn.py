@@ -15,8 +15,10 @@ from .backend import get_array_module
 
 def linear(x, weight, bias=None):
     """y = x Wᵀ + b over the last axis; `weight` is (out, in) as in torch.nn.Linear."""
-    y = x @ weight.T
-    return y if bias is None else y + bias
+    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (..., in) -> (N, in) @ (in, out): one matrix product
+    if bias is not None:
+        y += bias
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))  # (N, out) -> (..., out)
 
 
 def silu(x):

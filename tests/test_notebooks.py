@@ -1,0 +1,96 @@
+"""The teaching notebooks: committed without outputs, built on the library, and run top to bottom offline."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+EXPECTED = ["01_forward_process", "02_one_ddim_step", "03_unet_tour", "04_sampling", "05_interpolation_inversion",
+            "06_real_checkpoint"]
+PATHS = [NOTEBOOKS / f"{name}.ipynb" for name in EXPECTED]
+CELL_TIMEOUT = 180  # seconds; each notebook takes well under a minute in total on a laptop CPU
+
+
+def read(path):
+    """The notebook as plain JSON (the static checks need no Jupyter packages)."""
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    for cell in notebook["cells"]:
+        cell["source"] = "".join(cell["source"])
+    return notebook
+
+
+def code_cells(notebook):
+    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def markdown(notebook):
+    return "\n".join(cell["source"] for cell in notebook["cells"] if cell["cell_type"] == "markdown")
+
+
+def test_the_six_notebooks_are_there_in_order():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == EXPECTED
+
+
+@pytest.mark.parametrize("path", PATHS, ids=EXPECTED)
+def test_notebook_is_committed_without_outputs(path):
+    notebook = read(path)
+    assert notebook["nbformat"] == 4
+    for cell in code_cells(notebook):
+        assert cell["outputs"] == [] and cell["execution_count"] is None, \
+            f"{path.name}: strip the outputs of {cell['source'][:60]!r}"
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=EXPECTED)
+def test_notebook_imports_the_library_and_shows_its_source(path):
+    notebook = read(path)
+    assert code_cells(notebook)[0]["source"].startswith("import tinyddim as td\n")
+    code = "\n".join(cell["source"] for cell in code_cells(notebook))
+    assert "inspect.getsource(" in code
+    for name in ("ddim_step", "ddim_sigma", "ddpm_step", "make_betas", "unet_forward", "slerp", "ddim_invert"):
+        assert f"def {name}(" not in code, f"{path.name} pastes a copy of {name}; show it with inspect.getsource"
+    if path.stem != "06_real_checkpoint":  # the math notebooks carry their equations in LaTeX
+        assert "$$" in markdown(notebook)
+
+
+def test_equation_numbers_match_the_docstrings():
+    """A notebook that names DDIM Eq. 9/12/13/16 or DDPM Algorithm 2 uses the numbers the code does."""
+    import tinyddim
+
+    text = {p.stem: markdown(read(p)) for p in PATHS}
+    assert "DDIM Eq. 9" in text["02_one_ddim_step"] and "Eq. 9" in tinyddim.ddim.ddim_step.__doc__ + \
+        tinyddim.ddim.__doc__
+    assert "DDIM Eq. 12" in text["02_one_ddim_step"] and "(DDIM Eq. 12)" in tinyddim.ddim.ddim_step.__doc__
+    assert "DDIM Eq. 16" in text["02_one_ddim_step"] and "(DDIM Eq. 16)" in tinyddim.ddim.ddim_sigma.__doc__
+    assert "DDIM Eq. 13" in text["04_sampling"] and "Eq. 13" in tinyddim.inversion.__doc__
+    assert "DDPM Algorithm 2" in text["04_sampling"] and "Alg. 2" in tinyddim.ddpm.ddpm_step.__doc__
+    assert "DDPM Eq. 4" in text["01_forward_process"] and "(DDPM Eq. 4)" in tinyddim.DDIMScheduler.add_noise.__doc__
+
+
+@pytest.mark.parametrize("path", PATHS, ids=EXPECTED)
+def test_notebook_runs_top_to_bottom(path, monkeypatch):
+    """Execute with nbclient in a python3 kernel of this interpreter (ipykernel installed beside it)."""
+    nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[notebooks]' to run the notebooks")
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    check = nbformat.v4.new_code_cell("import sys, tinyddim\nprint(sys.executable)\nprint(tinyddim.__file__)")
+    notebook.cells.append(check)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # the kernel inherits it
+    # jupyter_client starts the "python3" kernel with this interpreter (it maps argv[0] "python" to sys.executable);
+    # the check cell appended above proves it, and that the kernel imports this checkout's tinyddim
+    nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    executable, package = check.outputs[0]["text"].split()
+    assert Path(executable).resolve() == Path(sys.executable).resolve()
+    import tinyddim
+
+    assert Path(package).resolve() == Path(tinyddim.__file__).resolve()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    pictures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert pictures, f"{path.name} shows no picture"
