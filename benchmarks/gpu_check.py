@@ -11,31 +11,15 @@ Installs nothing; prints one line per figure and writes them as JSON to --json i
 
 import argparse
 import json
-import time
 
 import numpy as np
-
-
-def cuda_times(fns, rounds, synchronize):
-    """Median seconds of each fn (interleaved rounds, one warm-up each), synchronising the device."""
-    for fn in fns:
-        fn()
-    synchronize()
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            synchronize()
-            bucket.append(time.perf_counter() - start)
-    return [sorted(bucket)[len(bucket) // 2] for bucket in times]
 
 
 def forward_check(rounds):
     import cupy
     import torch
 
-    from unet_speed import models
+    from unet_speed import median_times, models
 
     torch_model, unet = models("cifar10")
     torch_model = torch_model.cuda()
@@ -58,7 +42,7 @@ def forward_check(rounds):
             return unet(x_cupy, 500)
 
         diff = float(np.abs(run_torch().cpu().numpy() - cupy.asnumpy(run_ours())).max())
-        t_torch, t_ours = cuda_times([run_torch, run_ours], rounds, synchronize)
+        t_torch, t_ours = median_times([run_torch, run_ours], rounds, synchronize)
         rows.append(dict(batch=batch, torch_ms=t_torch * 1e3, cupy_ms=t_ours * 1e3, ratio=t_ours / t_torch,
                          max_abs_diff=diff))
         print(f"forward batch {batch}: PyTorch CUDA {t_torch * 1e3:.2f} ms, tinyddim CuPy {t_ours * 1e3:.2f} ms, "

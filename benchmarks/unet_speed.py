@@ -68,15 +68,19 @@ def forward_fns(torch_model, unet, x):
     return run_torch, lambda: unet(x, 500)
 
 
-def median_times(fns, rounds):
-    """Median seconds of each fn, calling them in turn each round (after one warm-up call each)."""
+def median_times(fns, rounds, synchronize=lambda: None):
+    """Median seconds of each fn, calling them in turn each round (after one warm-up call each).
+
+    `synchronize` waits for a device to finish (GPU timings)."""
     for fn in fns:
         fn()
+    synchronize()
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, bucket in zip(fns, times):
             start = time.perf_counter()
             fn()
+            synchronize()
             bucket.append(time.perf_counter() - start)
     return [sorted(bucket)[len(bucket) // 2] for bucket in times]
 
