@@ -102,3 +102,16 @@ def torch_eps(model, x, t):
 
     with torch.no_grad():
         return model(torch.from_numpy(np.asarray(x)), torch.as_tensor(t)).sample.numpy()
+
+
+def diffusers_unet_from_file(path):
+    """(diffusers UNet2DModel, scheduler config) rebuilt from a converted `.safetensors` file."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from tinyddim.weights import read_metadata, read_state_dict
+
+    metadata = read_metadata(path)
+    model = UNet2DModel(**json.loads(metadata["unet_config"])).eval()
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in read_state_dict(path).items()})
+    return model, json.loads(metadata["scheduler_config"])

@@ -57,7 +57,7 @@ def test_plot_schedules_draws_beta_alpha_bar_and_snr_of_each_schedule():
 def test_plot_schedules_names_an_unknown_schedule():
     with pytest.raises(ValueError, match="'cosine'.*squaredcos_cap_v2"):
         plot_schedules(schedules=("linear", "cosine"))
-    assert len(plot_schedules(schedules=("scaled_linear",)).axes[0].lines) == 1
+    assert len(plot_schedules(schedules="scaled_linear").axes[0].lines) == 1  # one name alone is fine
 
 
 def test_plot_timesteps_shows_one_row_per_spacing_with_the_library_timesteps():
@@ -71,7 +71,7 @@ def test_plot_timesteps_shows_one_row_per_spacing_with_the_library_timesteps():
     assert leading[0] == 980 and leading[-1] == 0 and trailing[0] == 999 and trailing[-1] == 19
     assert linspace[0] == 999 and linspace[-1] == 0
     assert [t.get_text() for t in ax.get_yticklabels()] == ["leading", "trailing", "linspace"]
-    offset = plot_timesteps(1000, 50, spacings=("leading",), steps_offset=1).axes[0].lines[0].get_xdata()
+    offset = plot_timesteps(1000, 50, spacings="leading", steps_offset=1).axes[0].lines[0].get_xdata()
     assert offset[0] == 981 and offset[-1] == 1
 
 

@@ -163,6 +163,8 @@ class DDIMPipeline(_Pipeline):
         """Latents x_T that give `images` back with `pipe(latents=..., eta=0.0)` and the same steps.  (§5.4)
 
         `images`: a list of PIL images, or floats (B, H, W, C) in [0, 1], as the pipeline returns them.
+        The round trip is closest when decoding without clipping x̂_0 (a scheduler with clip_sample=False),
+        since inversion does not clip; see `explore.reconstruction_error`.
         """
         check_call(num_inference_steps, "np")
         x0 = as_x0(images)

@@ -65,9 +65,11 @@ def plot_schedules(num_train_timesteps=1000, schedules=BETA_SCHEDULES, beta_star
 
     One line per schedule name (`linear`, `scaled_linear`, `squaredcos_cap_v2`), from `make_betas`.
     """
+    schedules = (schedules,) if isinstance(schedules, str) else tuple(schedules)
     unknown = [name for name in schedules if name not in BETA_SCHEDULES]
     if unknown or not schedules:
-        raise ValueError(f"unknown beta schedule(s) {unknown or schedules!r}; expected names from {list(BETA_SCHEDULES)}")
+        raise ValueError(f"unknown beta schedule(s) {unknown or schedules!r}; "
+                         f"expected names from {list(BETA_SCHEDULES)}")
     fig, (ax_beta, ax_alpha_bar, ax_snr) = _figure(12, 3.4, 1, 3)
     t = np.arange(num_train_timesteps)
     for name in schedules:
@@ -83,10 +85,12 @@ def plot_schedules(num_train_timesteps=1000, schedules=BETA_SCHEDULES, beta_star
     return fig
 
 
-def plot_timesteps(num_train_timesteps=1000, num_inference_steps=10, spacings=TIMESTEP_SPACINGS, steps_offset=0):
+def plot_timesteps(num_train_timesteps=1000, num_inference_steps=10, spacings=TIMESTEP_SPACINGS,
+                   steps_offset=0):
     """One row of markers per spacing: the S timesteps `make_timesteps` gives, on the axis 0 … T − 1."""
+    spacings = (spacings,) if isinstance(spacings, str) else tuple(spacings)
     if not spacings:
-        raise ValueError("spacings is empty; expected names from " + str(list(TIMESTEP_SPACINGS)))
+        raise ValueError(f"spacings is empty; expected names from {list(TIMESTEP_SPACINGS)}")
     fig, (ax,) = _figure(8, 0.6 + 0.5 * len(spacings))
     for row, spacing in enumerate(spacings):
         timesteps = make_timesteps(num_train_timesteps, num_inference_steps, spacing, steps_offset)
@@ -141,7 +145,8 @@ def trajectory_strip(trajectory, index=0, max_columns=10):
         for row, images, label in ((0, x_t, "x_t"), (1, x0_pred, "x̂_0")):
             ax = axes[row * len(columns) + j]
             image = to_images(images[i, index : index + 1], "np")[0]  # (H, W, C) in [0, 1]
-            ax.imshow(image[:, :, 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(image[:, :, 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
             ax.set(xticks=[], yticks=[])
             if j == 0:
                 ax.set_ylabel(label)

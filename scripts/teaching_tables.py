@@ -1,0 +1,144 @@
+"""The paper's two tables for the bundled MNIST model, small enough for one CPU core in ~10 minutes.
+
+(a) Table 2: DDIM inversion. N real MNIST test digits (resized to the model's size as in train_mnist.py) are
+    encoded with `pipe.invert` and decoded with η = 0 and the same S steps; the per-pixel RMSE on a [0, 1]
+    scale is reported for S in (10, 20, 50, 100). Encoder and decoder are the η = 0 ODE (DDIM Eq. 13), so the
+    decoder does not clip x̂_0 (`clip_sample=False`); --also-clipped adds a row with the model's own config.
+(b) Table 1: sample quality against η ∈ {0, 0.5, 1}, DDPM's larger variance σ̂, and S, all from the same x_T
+    (`tinyddim.explore.eta_sweep`). The score is conf_ratio from scripts/mnist_quality.py: the fraction of
+    samples its digit classifier labels with confidence > 0.9, over the same fraction for real test digits
+    (higher is better; 1 is as clear as real digits). The full mnist_quality reports go to the JSON file.
+
+Usage:
+    python scripts/teaching_tables.py --data-dir ../shared/data --classifier /work/mnist_run/classifier.pt \
+        --out docs/teaching_tables            # writes docs/teaching_tables.{json,md}
+    [--model PATH] [--n-invert 64] [--n-samples 64] [--steps 10 20 50 100] [--also-clipped]
+
+The classifier is read from --classifier, or trained (a few minutes) and cached there if the file is missing.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before NumPy starts its thread pool
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mnist_quality  # noqa: E402
+
+import tinyddim as td  # noqa: E402
+from tinyddim.explore import eta_sweep, reconstruction_error  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir():
+    """shared/data beside the checkout (as CI lays it out), or inside it."""
+    for folder in (REPO.parent / "shared" / "data", REPO / "shared" / "data"):
+        if (folder / "mnist_test_10k.npz").exists():
+            return str(folder)
+    return None
+
+
+def inversion_table(pipe, digits, steps, also_clipped):
+    """{"ode": {S: RMSE}, "clip_sample": {S: RMSE}?} for digits (N, H, W, 1) in [0, 1]."""
+    table = {"ode": reconstruction_error(pipe, digits, steps)}
+    if also_clipped:
+        table["clip_sample"] = reconstruction_error(pipe, digits, steps, clip_sample=True)
+    return table
+
+
+def quality_table(pipe, data_dir, classifier, etas, steps, n_samples, seed):
+    """eta_sweep scored by conf_ratio; also returns the full mnist_quality report of every cell."""
+    reports = []
+
+    def score(images):  # images (B, H, W, 1) in [0, 1]
+        report = mnist_quality.score_samples(images[..., 0], data_dir, classifier)
+        reports.append(report)
+        return report["conf_ratio"]
+
+    table = eta_sweep(pipe, score, etas=etas, steps=steps, batch_size=n_samples, seed=seed)
+    return table, dict(zip(table, reports))  # eta_sweep fills the table in the order it scores
+
+
+def markdown(inversion, quality, n_invert, n_samples, model):
+    steps_2 = list(next(iter(inversion.values())))
+    lines = [f"Model: `{model}`", "",
+             f"**Table 2 (inversion)**: per-pixel RMSE ([0, 1] scale) of {n_invert} MNIST test digits, "
+             "encoded with DDIM inversion and decoded with η = 0 in S steps.", "",
+             "| | " + " | ".join(f"S = {S}" for S in steps_2) + " |",
+             "|---|" + "---:|" * len(steps_2)]
+    names = {"ode": "RMSE (η = 0 ODE, no clipping)", "clip_sample": "RMSE (decoder with clip_sample)"}
+    for key, row in inversion.items():
+        lines.append(f"| {names[key]} | " + " | ".join(f"{row[S]:.4f}" for S in steps_2) + " |")
+    rows = list(dict.fromkeys(r for r, _ in quality))
+    steps_1 = sorted({S for _, S in quality})
+    lines += ["", f"**Table 1 (η and S)**: conf_ratio of {n_samples} samples from one x_T "
+              "(scripts/mnist_quality.py; higher is better, 1 = as clear as real test digits).", "",
+              "| | " + " | ".join(f"S = {S}" for S in steps_1) + " |", "|---|" + "---:|" * len(steps_1)]
+    for row in rows:
+        label = row if isinstance(row, str) else f"η = {row:g}"
+        lines.append(f"| {label} | " + " | ".join(f"{quality[(row, S)]:.3f}" for S in steps_1) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=default_data_dir(), help="folder with mnist_{train,test}_10k.npz")
+    parser.add_argument("--classifier", required=True, help="mnist_quality classifier cache (trained if missing)")
+    parser.add_argument("--model", default=None, help="diffusers folder or converted file (default: bundled)")
+    parser.add_argument("--n-invert", type=int, default=64, help="test digits for Table 2 (default 64)")
+    parser.add_argument("--n-samples", type=int, default=64, help="samples per cell of Table 1 (default 64)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100], help="values of S")
+    parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="values of η")
+    parser.add_argument("--also-clipped", action="store_true", help="Table 2 also with the model's clip_sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write OUT.json and OUT.md (e.g. docs/teaching_tables)")
+    args = parser.parse_args()
+    if args.data_dir is None or not os.path.exists(os.path.join(args.data_dir, "mnist_test_10k.npz")):
+        parser.error(f"no mnist_test_10k.npz in --data-dir {args.data_dir!r}")
+
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    pipe = td.default_pipeline() if args.model is None else td.DDIMPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.unet.sample_shape[-1]
+    model = args.model or os.path.relpath(td.pipelines.BUNDLED_MODEL, REPO)
+
+    test_digits, _ = mnist_quality.load_mnist(args.data_dir, "test", size)  # resized as in training, [0, 1]
+    digits = test_digits[: args.n_invert, :, :, None]                       # (N, H, W, 1)
+    inversion = inversion_table(pipe, digits, args.steps, args.also_clipped)
+    t_inversion = time.perf_counter() - start
+
+    classifier, accuracy = mnist_quality.get_classifier(args.data_dir, size, args.classifier)
+    quality, reports = quality_table(pipe, args.data_dir, classifier, tuple(args.etas), tuple(args.steps),
+                                     args.n_samples, args.seed)
+    seconds = time.perf_counter() - start
+
+    text = markdown(inversion, quality, args.n_invert, args.n_samples, model)
+    print(text)
+    print(f"classifier test accuracy {accuracy:.4f}; {t_inversion:.0f} s for Table 2, {seconds:.0f} s in all")
+    if args.out:
+        result = {"model": model, "n_invert": args.n_invert, "n_samples": args.n_samples, "seed": args.seed,
+                  "classifier_test_acc": accuracy, "seconds": round(seconds, 1),
+                  "table2_rmse": {key: {str(S): e for S, e in row.items()} for key, row in inversion.items()},
+                  "table1_conf_ratio": [{"row": str(r), "S": S, "conf_ratio": v} for (r, S), v in quality.items()],
+                  "table1_reports": [{"row": str(r), "S": S, **rep} for (r, S), rep in reports.items()]}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".json", "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False, default=lambda v: v.item())
+        with open(args.out + ".md", "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.out}.json and {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()
