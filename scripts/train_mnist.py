@@ -84,6 +84,11 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=500, help="lr warmup steps")
+    p.add_argument("--lr-decay-start", type=int, default=None,
+                   help="step at which lr starts decaying linearly (default: constant lr)")
+    p.add_argument("--lr-decay-end", type=int, default=None,
+                   help="step at which lr reaches lr * --lr-min-frac")
+    p.add_argument("--lr-min-frac", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=None)
@@ -122,10 +127,17 @@ def main():
         step = ck["step"]
         gen.set_state(ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
-        logf.write(f"# resumed from step {step}\n")
+        logf.write(f"# resumed from step {step} with {vars(a)}\n")
     else:
         nparams = sum(p.numel() for p in model.parameters())
         logf.write(f"# config {vars(a)} params={nparams}\n")
+
+    def lr_at(s):
+        f = min(1.0, (s + 1) / a.warmup)
+        if a.lr_decay_start is not None and s > a.lr_decay_start:
+            frac = min(1.0, (s - a.lr_decay_start) / max(1, a.lr_decay_end - a.lr_decay_start))
+            f *= 1.0 - (1.0 - a.lr_min_frac) * frac
+        return a.lr * f
 
     def save_ckpt():
         atomic_save({"model": model.state_dict(), "ema": ema.state_dict(),
@@ -148,7 +160,7 @@ def main():
         ab = acp[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         for g in opt.param_groups:
-            g["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
+            g["lr"] = lr_at(step)
         pred = model(xt, t).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
