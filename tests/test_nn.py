@@ -91,3 +91,13 @@ def test_blocked_conv2d_matches_the_reference_for_any_buffer_budget(budget, monk
         np.testing.assert_allclose(nn.conv2d(x, weight, bias, stride=stride, padding=padding), expected, atol=1e-5)
     pointwise = randn(5, 4, 1, 1)
     np.testing.assert_allclose(nn.conv2d(x, pointwise, bias), nn.conv2d_reference(x, pointwise, bias), atol=1e-5)
+
+
+def test_silu_in_place_overwrites_its_input_with_the_same_values():
+    x = randn(3, 2, 4, 4)
+    before = x.copy()
+    expected = nn.silu(x)
+    assert np.array_equal(x, before)  # without inplace, x is left alone
+    out = nn.silu(x, inplace=True)
+    assert out is x
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)

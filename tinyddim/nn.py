@@ -21,13 +21,23 @@ def linear(x, weight, bias=None):
     return y.reshape(x.shape[:-1] + (weight.shape[0],))  # (N, out) -> (..., out)
 
 
-def silu(x):
-    """SiLU / swish: x · σ(x) = x / (1 + e^(−x)), in one buffer."""
+def silu(x, inplace=False):
+    """SiLU / swish: x · σ(x) = x / (1 + e^(−x)).
+
+    inplace=True overwrites x (a buffer the caller owns), one example at a time, so that no second
+    full-size array is ever held.
+    """
     xp = get_array_module(x)
-    out = xp.negative(x)
-    xp.exp(out, out=out)
-    out += 1
-    return xp.divide(x, out, out=out)
+    if not inplace:
+        out = xp.negative(x)
+        xp.exp(out, out=out)
+        out += 1
+        return xp.divide(x, out, out=out)
+    for example in x:  # views into x
+        denominator = xp.exp(-example)
+        denominator += 1
+        example /= denominator
+    return x
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):

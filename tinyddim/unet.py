@@ -72,7 +72,7 @@ def resnet_block(p, h, temb, config, output_scale=1.0):
     """ResnetBlock2D: norm-SiLU-conv, add the time embedding, norm-SiLU-conv, plus a (1x1) shortcut."""
     groups, eps = config.norm_num_groups, config.norm_eps
     x = h
-    h = conv2d(silu(group_norm(h, **p["norm1"], num_groups=groups, eps=eps)), **p["conv1"], padding=1)
+    h = conv2d(silu(group_norm(h, **p["norm1"], num_groups=groups, eps=eps), inplace=True), **p["conv1"], padding=1)
     temb = linear(silu(temb), **p["time_emb_proj"])[:, :, None, None]  # (B, O) -> (B, O, 1, 1)
     if config.resnet_time_scale_shift == "scale_shift":
         scale, shift = temb[:, : h.shape[1]], temb[:, h.shape[1] :]
@@ -80,7 +80,7 @@ def resnet_block(p, h, temb, config, output_scale=1.0):
     else:
         h += temb
         h = group_norm(h, **p["norm2"], num_groups=groups, eps=eps)
-    h = conv2d(silu(h), **p["conv2"], padding=1)
+    h = conv2d(silu(h, inplace=True), **p["conv2"], padding=1)
     if "conv_shortcut" in p:
         x = conv2d(x, **p["conv_shortcut"])
     h += x
@@ -168,7 +168,7 @@ def unet_forward(params, config, sample, timestep):
             h = upsample(block["upsamplers"][0], h)
 
     # 6. out: norm, SiLU, conv_out
-    h = silu(group_norm(h, **params["conv_norm_out"], num_groups=groups, eps=eps))
+    h = silu(group_norm(h, **params["conv_norm_out"], num_groups=groups, eps=eps), inplace=True)
     return conv2d(h, **params["conv_out"], padding=1)
 
 
