@@ -57,6 +57,14 @@ def test_unet_variants_scale_shift_mid_scale_and_center_input(tmp_path):
     assert np.abs(unet(x, 321) - torch_eps(model, x, 321)).max() <= TOLERANCE
 
 
+def test_unet_without_mid_attention_or_mid_block_matches_diffusers(tmp_path):
+    for overrides in (dict(add_attention=False), dict(mid_block_type=None)):
+        model = diffusers_unet("mnist", **overrides)
+        unet = UNet2DModel.from_pretrained(save_pipeline_folder(model, tmp_path / next(iter(overrides))))
+        x = x_like("mnist")
+        assert np.abs(unet(x, 42) - torch_eps(model, x, 42)).max() <= TOLERANCE
+
+
 def test_unet_takes_non_square_input(tmp_path):
     model = diffusers_unet("butterflies")
     unet = UNet2DModel.from_pretrained(save_pipeline_folder(model, tmp_path))

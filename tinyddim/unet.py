@@ -72,7 +72,8 @@ def resnet_block(p, h, temb, config, output_scale=1.0):
     """ResnetBlock2D: norm-SiLU-conv, add the time embedding, norm-SiLU-conv, plus a (1x1) shortcut."""
     groups, eps = config.norm_num_groups, config.norm_eps
     x = h
-    h = conv2d(silu(group_norm(h, **p["norm1"], num_groups=groups, eps=eps), inplace=True), **p["conv1"], padding=1)
+    h = silu(group_norm(h, **p["norm1"], num_groups=groups, eps=eps), inplace=True)
+    h = conv2d(h, **p["conv1"], padding=1)
     temb = linear(silu(temb), **p["time_emb_proj"])[:, :, None, None]  # (B, O) -> (B, O, 1, 1)
     if config.resnet_time_scale_shift == "scale_shift":
         scale, shift = temb[:, : h.shape[1]], temb[:, h.shape[1] :]
@@ -151,9 +152,10 @@ def unet_forward(params, config, sample, timestep):
     if config.mid_block_type is not None:
         mid, scale = params["mid_block"], config.mid_block_scale_factor
         h = resnet_block(mid["resnets"][0], h, temb, config, scale)
-        for attn, resnet in zip(mid.get("attentions", []), mid["resnets"][1:]):
-            h = attention_block(attn, h, _head_dim(config, h.shape[1]),
-                                config.attn_norm_num_groups or groups, eps, scale)
+        for i, resnet in enumerate(mid["resnets"][1:]):
+            if config.add_attention:
+                h = attention_block(mid["attentions"][i], h, _head_dim(config, h.shape[1]),
+                                    config.attn_norm_num_groups or groups, eps, scale)
             h = resnet_block(resnet, h, temb, config, scale)
 
     # 5. up blocks: each resnet takes the last skip, concatenated along channels
