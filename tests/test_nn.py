@@ -101,3 +101,31 @@ def test_silu_in_place_overwrites_its_input_with_the_same_values():
     out = nn.silu(x, inplace=True)
     assert out is x
     np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 16, 16), (1, 3, 16, 20), (3, 4, 18, 16)])
+@pytest.mark.parametrize("tiles", [1, 7, 256])
+def test_winograd_3x3_conv_matches_the_naive_loop_for_any_block_size(shape, tiles, monkeypatch):
+    monkeypatch.setattr(nn, "WINOGRAD_TILES", tiles)
+    x, weight, bias = randn(*shape), randn(6, shape[1], 3, 3), randn(6)
+    assert nn._winograd_applies(x, weight, 1, 1)
+    expected = naive_conv2d(x, weight, bias, 1, (1, 1, 1, 1))
+    np.testing.assert_allclose(nn.conv3x3_winograd(x, weight, bias), expected, atol=2e-5)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), expected, atol=2e-5)
+
+
+def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
+    weight = randn(4, 3, 3, 3)
+    first = nn.winograd_kernel(weight)
+    assert nn.winograd_kernel(weight) is first and id(weight) in nn._winograd_kernels
+    key = id(weight)
+    del weight
+    assert key not in nn._winograd_kernels
+
+
+def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
+    weight = randn(4, 3, 3, 3)
+    for x, stride, padding in ((randn(1, 3, 17, 16), 1, 1), (randn(1, 3, 16, 16), 2, 1),
+                               (randn(1, 3, 8, 8), 1, 1), (randn(1, 3, 16, 16), 1, 0)):
+        assert not nn._winograd_applies(x, weight, stride, padding)
+    assert not nn._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)

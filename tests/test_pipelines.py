@@ -138,9 +138,10 @@ def test_strict_device_run_never_converts_to_host_and_matches_cpu(folder, eta):
     device = DDIMPipeline.from_pretrained(folder, device="strict")
     assert device.unet.device == "strict"
     kwargs = dict(batch_size=2, generator=5, eta=eta, num_inference_steps=4, output_type="np", progress=False)
-    assert np.abs(device(**kwargs).images - cpu(**kwargs).images).max() <= 1e-6
+    # the CPU path takes Winograd for 3x3 convs on 16x16 images, the device path im2col: equal to rounding
+    assert np.abs(device(**kwargs).images - cpu(**kwargs).images).max() <= 1e-4
     moved = cpu.to("strict")(**kwargs).images
-    assert np.abs(moved - cpu(**kwargs).images).max() <= 1e-6
+    assert np.array_equal(moved, device(**kwargs).images)
 
 
 def test_strict_device_catches_a_host_conversion():

@@ -7,6 +7,7 @@ Arrays are float32 and NCHW, as in PyTorch. Every op works on any array module
 """
 
 import math
+import weakref
 
 import numpy as np
 
@@ -47,8 +48,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     Unfolds the kh·kw shifted views of x into columns (im2col) and does one matrix product per block of
     output positions: whole images when they fit a small buffer, else bands of rows. Bounding the buffer
     keeps it in cache and keeps memory flat for 256x256 inputs (`conv2d_reference` is the plain version).
+    On the CPU, 3x3 convolutions with stride 1 and padding 1 take the Winograd path below instead.
     """
     xp = get_array_module(x)
+    if xp is np and _winograd_applies(x, weight, stride, padding):
+        return conv3x3_winograd(x, weight, bias)
     top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
     if top or bottom or left or right:
         x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -108,6 +112,85 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
     if bias is not None:
         y = y + bias[:, None]
     return y.reshape(x.shape[0], out_channels, out_h, out_w)
+
+
+# ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
+#
+# Each 2x2 block of a 3x3 convolution's output depends on a 4x4 tile d of the input (tiles overlap by 2).
+# Winograd's minimal filtering (Lavin & Gray 2016, arXiv 1509.09308) computes it with 16 products per
+# (input, output) channel pair instead of 36:
+#
+#     Y = Aᵀ [ Σ_c (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+#
+# The sum over input channels c of the 16 elementwise products is 16 matrix products (O, C) @ (C, tiles);
+# the transforms Bᵀ·B and Aᵀ·A are additions of strided views.
+
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
+WINOGRAD_TILES = 64  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
+_winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
+
+
+def _winograd_applies(x, weight, stride, padding):
+    """3x3, stride 1, padding 1, even sides of 16+ pixels (where the FLOPs are), and at most 256x256
+    channels: each transformed kernel is kept, at 16/9 of its weight's size, so the cache stays small."""
+    height, width = x.shape[2:]
+    return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
+        and min(height, width) >= 16 and weight.shape[0] * weight.shape[1] <= 256 * 256
+
+
+def winograd_kernel(weight):
+    """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C); computed once per weight."""
+    cached = _winograd_kernels.get(id(weight))
+    if cached is not None and cached[0]() is weight:
+        return cached[1]
+    kernel = np.einsum("ai,ocij,bj->aboc", WINOGRAD_G, weight, WINOGRAD_G)  # (4, 4, O, C)
+    kernel = np.ascontiguousarray(kernel.reshape(16, *weight.shape[:2]), dtype=np.float32)
+    _winograd_kernels[id(weight)] = (weakref.ref(weight, lambda _, key=id(weight): _winograd_kernels.pop(key, None)),
+                                     kernel)
+    return kernel
+
+
+def conv3x3_winograd(x, weight, bias=None):
+    """conv2d(x, weight, bias, padding=1) for 3x3 kernels and even H, W, by Winograd F(2x2, 3x3)."""
+    batch, channels, height, width = x.shape
+    kernel = winograd_kernel(weight)  # (16, O, C)
+    x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
+    for images, rows in _blocks(batch, height // 2, width // 2, WINOGRAD_TILES):  # rows of 2x2 output blocks
+        n, count = images.stop - images.start, rows.stop - rows.start
+        tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
+        _input_transform(x[images, :, 2 * rows.start : 2 * rows.stop + 2], tiles)
+        products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
+        out = y[images, :, 2 * rows.start : 2 * rows.stop].transpose(1, 0, 2, 3)  # (O, n, 2·count, W) view
+        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out)
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
+
+
+def _input_transform(x, out):
+    """out[a, b] = (Bᵀ d B)[a, b] for the 4x4 tiles d of x (n, C, 2t+2, 2s+2); out is (4, 4, C, n, t, s)."""
+    tile_rows, tile_cols = out.shape[-2:]
+    d = [x[:, :, i : i + 2 * tile_rows : 2] for i in range(4)]  # row i of every tile: (n, C, t, 2s+2)
+    for a, row in enumerate((d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3])):  # Bᵀ d
+        c = [row[..., j : j + 2 * tile_cols : 2] for j in range(4)]  # column j: (n, C, t, s)
+        targets = [out[a, b].transpose(1, 0, 2, 3) for b in range(4)]  # (C, n, t, s) -> (n, C, t, s) views
+        np.subtract(c[0], c[2], out=targets[0])  # (Bᵀ d) B
+        np.add(c[1], c[2], out=targets[1])
+        np.subtract(c[2], c[1], out=targets[2])
+        np.subtract(c[1], c[3], out=targets[3])
+
+
+def _output_transform(m, out):
+    """out (O, n, 2t, 2s) = Aᵀ m A over the 4x4 products m (4, 4, O, n, t, s) of every tile."""
+    sums = [(m[0, b] + m[1, b] + m[2, b], m[1, b] - m[2, b] - m[3, b]) for b in range(4)]  # Aᵀ m
+    for p in range(2):
+        t = [sums[b][p] for b in range(4)]
+        even, odd = out[:, :, p::2, 0::2], out[:, :, p::2, 1::2]  # (Aᵀ m) A
+        np.add(t[0], t[1], out=even)
+        even += t[2]
+        np.subtract(t[1], t[2], out=odd)
+        odd -= t[3]
 
 
 def group_norm(x, weight, bias, num_groups, eps):
