@@ -25,8 +25,8 @@ def linear(x, weight, bias=None):
 def silu(x, inplace=False):
     """SiLU / swish: x · σ(x) = x / (1 + e^(−x)).
 
-    inplace=True overwrites x (a buffer the caller owns), one example at a time, so that no second
-    full-size array is ever held.
+    inplace=True overwrites x (a buffer the caller owns); on the CPU one example at a time, so that no
+    second full-size array is ever held (on a GPU all at once: fewer kernel launches).
     """
     xp = get_array_module(x)
     if not inplace:
@@ -34,10 +34,10 @@ def silu(x, inplace=False):
         xp.exp(out, out=out)
         out += 1
         return xp.divide(x, out, out=out)
-    for example in x:  # views into x
-        denominator = xp.exp(-example)
+    for chunk in (x if xp is np else [x]):  # views into x
+        denominator = xp.exp(-chunk)
         denominator += 1
-        example /= denominator
+        chunk /= denominator
     return x
 
 
