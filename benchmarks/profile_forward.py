@@ -1,0 +1,63 @@
+"""Where a forward pass of the cifar10-32 architecture spends its time, op by op.
+
+    python benchmarks/profile_forward.py --batch 8 --threads 2
+
+Wraps the ops that `tinyddim.unet` calls (and the im2col and Winograd pieces inside conv2d) with
+timers, runs a few forwards and prints milliseconds per forward. Nested pieces are included in conv2d.
+"""
+
+import argparse
+import collections
+import os
+import sys
+import time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import models, set_threads
+
+    set_threads(args.threads)
+    import numpy as np
+
+    import tinyddim.nn as nn
+    import tinyddim.unet as unet_module
+
+    totals = collections.Counter()
+
+    def timed(module, name, label):
+        fn = getattr(module, name)
+
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            totals[label] += time.perf_counter() - start
+            return out
+
+        setattr(module, name, wrapper)
+
+    for name in ("conv2d", "group_norm", "silu", "attention", "linear", "upsample_nearest"):
+        timed(unet_module, name, name)
+    for name, label in (("_im2col", "conv2d: im2col copies"), ("_input_transform", "conv2d: Winograd input"),
+                        ("_output_transform", "conv2d: Winograd output")):
+        timed(nn, name, label)
+    _, unet = models("cifar10")
+    x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
+    unet(x, 500)
+    totals.clear()
+    start = time.perf_counter()
+    for _ in range(args.rounds):
+        unet(x, 500)
+    total = (time.perf_counter() - start) / args.rounds
+    print(f"batch {args.batch}, {args.threads} threads: {total * 1e3:.0f} ms per forward")
+    for label, seconds in totals.most_common():
+        print(f"  {label:26s} {seconds / args.rounds * 1e3:7.1f} ms  {seconds / args.rounds / total:5.1%}")
+
+
+if __name__ == "__main__":
+    main()
