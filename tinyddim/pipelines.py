@@ -112,13 +112,18 @@ def _output(images, return_dict, trajectory=None):
     return (images,) if trajectory is None else (images, trajectory)
 
 
+def pil_to_numpy(images):
+    """A list of PIL images -> uint8 (B, H, W, C), the inverse of `numpy_to_pil` (mode "L" gets C = 1)."""
+    arrays = [np.asarray(image) for image in images]
+    return np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays])
+
+
 def as_x0(images):
     """Images as the pipelines return them (PIL list, or floats (B, H, W, C) in [0, 1]) -> x_0 (B, C, H, W) in [-1, 1]."""
     if isinstance(images, np.ndarray):
         pixels = images.astype(np.float32)
     else:
-        arrays = [np.asarray(image, dtype=np.float32) / 255 for image in images]
-        pixels = np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays])
+        pixels = pil_to_numpy(images).astype(np.float32) / 255
     if pixels.ndim != 4:
         raise ValueError(f"images must be (B, H, W, C) floats in [0, 1] or a list of PIL images, got {pixels.shape}")
     return pixels.transpose(0, 3, 1, 2) * 2 - 1  # (B, H, W, C) -> (B, C, H, W)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from .ddim import ddim_sigma
-from .pipelines import to_images
+from .pipelines import pil_to_numpy, to_images
 from .schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas, make_timesteps
 
 
@@ -46,8 +46,7 @@ def _as_uint8(images):
     """PIL images or floats in [0, 1] -> uint8 (B, H, W, C)."""
     if isinstance(images, np.ndarray):
         return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-    arrays = [np.asarray(image) for image in images]
-    return np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays])
+    return pil_to_numpy(images)
 
 
 def _figure(width, height, nrows=1, ncols=1):
