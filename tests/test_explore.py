@@ -85,6 +85,9 @@ def test_inversion_error_falls_with_steps_for_the_exact_gaussian_model():
     images = np.random.default_rng(0).uniform(0.2, 0.8, (2, 8, 8, 1)).astype(np.float32)
     errors = reconstruction_error(pipe, images, steps=(5, 20, 100))
     assert errors[5] > errors[20] > errors[100] and errors[100] < 0.02
+    per_image = reconstruction_error(pipe, images, steps=(5, 20), per_image=True)
+    assert per_image[5].shape == (2,) and (per_image[5] > per_image[20]).all()
+    assert np.isclose(np.sqrt(np.mean(per_image[20] ** 2)), errors[20], rtol=1e-5)  # RMSE over all pixels
 
 
 def test_invert_accepts_pil_images_and_checks_their_shape(pipe):

@@ -103,11 +103,11 @@ def test_silu_in_place_overwrites_its_input_with_the_same_values():
     np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 16, 16), (1, 3, 16, 20), (3, 4, 18, 16)])
+@pytest.mark.parametrize("shape", [(2, 16, 16, 16), (1, 17, 16, 20), (3, 16, 18, 16)])
 @pytest.mark.parametrize("tiles", [1, 7, 256])
 def test_winograd_3x3_conv_matches_the_naive_loop_for_any_block_size(shape, tiles, monkeypatch):
     monkeypatch.setattr(nn, "WINOGRAD_TILES", tiles)
-    x, weight, bias = randn(*shape), randn(6, shape[1], 3, 3), randn(6)
+    x, weight, bias = randn(*shape), randn(16, shape[1], 3, 3), randn(16)
     assert nn._winograd_applies(x, weight, 1, 1)
     expected = naive_conv2d(x, weight, bias, 1, (1, 1, 1, 1))
     np.testing.assert_allclose(nn.conv3x3_winograd(x, weight, bias), expected, atol=2e-5)
@@ -124,8 +124,20 @@ def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
 
 
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
-    weight = randn(4, 3, 3, 3)
-    for x, stride, padding in ((randn(1, 3, 17, 16), 1, 1), (randn(1, 3, 16, 16), 2, 1),
-                               (randn(1, 3, 8, 8), 1, 1), (randn(1, 3, 16, 16), 1, 0)):
+    weight = randn(16, 16, 3, 3)
+    for x, stride, padding in ((randn(1, 16, 17, 16), 1, 1), (randn(1, 16, 16, 16), 2, 1),
+                               (randn(1, 16, 8, 8), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
         assert not nn._winograd_applies(x, weight, stride, padding)
     assert not nn._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
+    assert not nn._winograd_applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
+
+
+@pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((2, 3), (0, 1, 1, 0)), ((3, 3), 0)])
+@pytest.mark.parametrize("out_channels", [1, 3])
+def test_conv_to_few_channels_multiplies_first_and_matches_the_naive_loop(kernel, padding, out_channels):
+    x, weight, bias = randn(2, 27, 9, 8), randn(out_channels, 27, *kernel), randn(out_channels)
+    top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    expected = naive_conv2d(x, weight, bias, 1, (top, bottom, left, right))
+    np.testing.assert_allclose(nn._conv_few_outputs(padded, weight, bias), expected, atol=2e-5)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=padding), expected, atol=2e-5)

@@ -91,3 +91,29 @@ def test_wrong_number_of_timesteps_is_named(mnist_unet):
         mnist_unet(np.zeros((2, 1, 16, 16), np.float32), [1, 2, 3])
     with pytest.raises(TypeError, match="timestep"):
         mnist_unet(np.zeros((2, 1, 16, 16), np.float32), "late")
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batch_shared_out_over_cpu_threads_matches_diffusers_and_one_pass(mnist_unet, threads, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from tinyddim import parallel
+    from tinyddim.unet import unet_forward
+
+    model = diffusers_unet("mnist")
+    x, t = x_like("mnist", batch=5), np.array([0, 10, 500, 900, 999])
+    one_pass = unet_forward(mnist_unet.params, mnist_unet.config, x, t)
+    blas_threads = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    calls = []
+    monkeypatch.setattr(parallel, "cpu_threads", lambda: threads)
+
+    def traced(params, config, sample, timesteps):
+        calls.append(len(sample))
+        return unet_forward(params, config, sample, timesteps)
+
+    monkeypatch.setattr("tinyddim.unet.unet_forward", traced)
+    eps = mnist_unet(x, t)
+    assert sorted(calls) == sorted(len(part) for part in np.array_split(x, threads))  # one slice per thread
+    assert np.abs(eps - one_pass).max() <= 1e-5
+    assert np.abs(eps - torch_eps(model, x, t)).max() <= TOLERANCE
+    assert [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"] == blas_threads

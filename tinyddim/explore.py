@@ -73,12 +73,12 @@ def eta_sweep(pipe, score, etas=(0.0, 0.5, 1.0), steps=(10, 20, 50, 100), batch_
     return table
 
 
-def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=False):
+def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=False, per_image=False):
     """{S: per-pixel RMSE on a [0, 1] scale} of images encoded by DDIM inversion and decoded.   (Table 2)
 
     The decoder is `pipe`'s DDIM with η = 0 and, by default, without clipping x̂_0: the round trip is
     the ODE of Eq. 13 both ways, and clipping (diffusers' default `clip_sample=True`) is not part of it;
-    with clipping the error no longer falls as S grows.
+    with clipping the error no longer falls as S grows. per_image=True gives {S: (B,) RMSE of each image}.
     """
     decoder = DDIMPipeline(pipe.unet, DDIMScheduler.from_config({**pipe.scheduler.config, "clip_sample": clip_sample}))
     target = ((as_x0(images) + 1) / 2).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C), in [0, 1]
@@ -86,6 +86,7 @@ def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=Fals
     for S in steps:
         latents = pipe.invert(images, num_inference_steps=S, progress=False)
         decoded = decoder(batch_size=len(images), latents=latents, eta=0.0, num_inference_steps=S,
-                       output_type="np", progress=False).images
-        errors[S] = float(np.sqrt(np.mean((decoded - target) ** 2)))
+                          output_type="np", progress=False).images
+        squared = np.mean((decoded - target) ** 2, axis=(1, 2, 3))  # (B,) mean squared error of each image
+        errors[S] = np.sqrt(squared) if per_image else float(np.sqrt(np.mean(squared)))
     return errors

@@ -48,7 +48,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     Unfolds the kh·kw shifted views of x into columns (im2col) and does one matrix product per block of
     output positions: whole images when they fit a small buffer, else bands of rows. Bounding the buffer
     keeps it in cache and keeps memory flat for 256x256 inputs (`conv2d_reference` is the plain version).
-    On the CPU, 3x3 convolutions with stride 1 and padding 1 take the Winograd path below instead.
+    On the CPU, 3x3 convolutions with stride 1 and padding 1 take the Winograd path below instead, and
+    convolutions to a few channels (a UNet's conv_out) take `_conv_few_outputs`.
     """
     xp = get_array_module(x)
     if xp is np and _winograd_applies(x, weight, stride, padding):
@@ -58,12 +59,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
+    if stride == 1 and 1 < kh * kw and kh * kw * out_channels <= channels:
+        return _conv_few_outputs(x, weight, bias)
     out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
     kernel = weight.reshape(out_channels, -1)  # (O, C, kh, kw) -> (O, C·kh·kw)
     y = xp.empty((batch, out_channels, out_h * out_w), dtype=x.dtype)
     for images, rows in _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp)):
-        cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (n, C·kh·kw, rows·W')
-        xp.matmul(kernel, cols, out=y[images, :, rows.start * out_w : rows.stop * out_w])
+        cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (C·kh·kw, n·rows·W')
+        target = y[images, :, rows.start * out_w : rows.stop * out_w]  # (n, O, rows·W') view
+        if len(target) == 1:
+            xp.matmul(kernel, cols, out=target[0])
+        else:  # several small images in one product: (O, n·H'W') -> (n, O, H'W')
+            target[...] = (kernel @ cols).reshape(out_channels, len(target), -1).transpose(1, 0, 2)
     if bias is not None:
         y += bias[:, None]
     return y.reshape(batch, out_channels, out_h, out_w)  # (B, O, H'W') -> (B, O, H', W')
@@ -87,17 +94,41 @@ def _blocks(batch, out_h, floats_per_row, budget):
 
 
 def _im2col(x, kh, kw, stride, rows, out_w):
-    """The kh·kw shifted (strided) views of x (n, C, H, W) for output `rows`, as (n, C·kh·kw, rows·W')."""
+    """The kh·kw shifted (strided) views of x (n, C, H, W) for output `rows`, as columns (C·kh·kw, n·rows·W'):
+    one matrix product then covers all n images (a wide product, even for 4x4 images)."""
     n, channels = x.shape[:2]
     count = rows.stop - rows.start
-    if kh == kw == 1 and stride == 1:
-        return x[:, :, rows].reshape(n, channels, count * out_w)  # (n, C, rows, W) -> (n, C, rows·W)
-    cols = get_array_module(x).empty((n, channels, kh, kw, count, out_w), dtype=x.dtype)
+    if kh == kw == 1 and stride == 1 and n == 1:
+        return x[0, :, rows].reshape(channels, count * out_w)  # (1, C, rows, W) -> (C, rows·W)
+    cols = get_array_module(x).empty((channels, kh, kw, n, count, out_w), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             top = rows.start * stride + i
-            cols[:, :, i, j] = x[:, :, top : top + stride * count : stride, j : j + stride * out_w : stride]
-    return cols.reshape(n, channels * kh * kw, count * out_w)  # (n, C, kh, kw, rows, W') -> (n, C·kh·kw, rows·W')
+            view = x[:, :, top : top + stride * count : stride, j : j + stride * out_w : stride]
+            cols[:, i, j] = view.transpose(1, 0, 2, 3)  # (n, C, rows, W') -> (C, n, rows, W')
+    return cols.reshape(channels * kh * kw, n * count * out_w)  # (C, kh, kw, n, rows, W') -> (C·kh·kw, n·rows·W')
+
+
+def _conv_few_outputs(x, weight, bias=None):
+    """Stride-1 conv2d of a padded x when kh·kw·O ≤ C: multiply first, then shift and add.
+
+    One matrix product applies every kernel tap (i, j) to every position, z_ij = W[:, :, i, j] x, and the
+    output is Σ_ij z_ij shifted by (i, j). z is no larger than x, where im2col would copy x kh·kw times.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    out_h, out_w = height - kh + 1, width - kw + 1
+    taps = weight.transpose(2, 3, 0, 1).reshape(kh * kw * out_channels, channels)  # (O, C, kh, kw) -> (kh·kw·O, C)
+    z = taps @ x.reshape(batch, channels, height * width)  # (kh·kw·O, C) @ (B, C, HW) -> (B, kh·kw·O, HW)
+    z = z.reshape(batch, kh, kw, out_channels, height, width)
+    y = z[:, 0, 0, :, :out_h, :out_w].copy()
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                y += z[:, i, j, :, i : i + out_h, j : j + out_w]
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
 
 
 def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
@@ -108,10 +139,11 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
     out_channels, _, kh, kw = weight.shape
     out_h, out_w = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
     cols = _im2col(x, kh, kw, stride, slice(0, out_h), out_w)
-    y = weight.reshape(out_channels, -1) @ cols  # (O, C·kh·kw) @ (B, C·kh·kw, H'W') -> (B, O, H'W')
+    y = weight.reshape(out_channels, -1) @ cols  # (O, C·kh·kw) @ (C·kh·kw, B·H'W') -> (O, B·H'W')
+    y = y.reshape(out_channels, x.shape[0], out_h, out_w).transpose(1, 0, 2, 3)  # -> (B, O, H', W')
     if bias is not None:
-        y = y + bias[:, None]
-    return y.reshape(x.shape[0], out_channels, out_h, out_w)
+        y = y + bias[:, None, None]
+    return y
 
 
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
@@ -126,16 +158,17 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
 # the transforms Bᵀ·B and Aᵀ·A are additions of strided views.
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
-WINOGRAD_TILES = 64  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
+WINOGRAD_TILES = 128  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
 
 
 def _winograd_applies(x, weight, stride, padding):
-    """3x3, stride 1, padding 1, even sides of 16+ pixels (where the FLOPs are), and at most 256x256
-    channels: each transformed kernel is kept, at 16/9 of its weight's size, so the cache stays small."""
+    """3x3, stride 1, padding 1, even sides of 16+ pixels (where the FLOPs are), 16 to 256x256 channels:
+    each transformed kernel is kept, at 16/9 of its weight's size, so the cache stays small; below 16
+    channels the transforms cost more than the products they save."""
     height, width = x.shape[2:]
     return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
-        and min(height, width) >= 16 and weight.shape[0] * weight.shape[1] <= 256 * 256
+        and min(height, width) >= 16 and min(weight.shape[:2]) >= 16 and weight.shape[0] * weight.shape[1] <= 256 * 256
 
 
 def winograd_kernel(weight):

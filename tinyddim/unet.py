@@ -16,6 +16,7 @@ embeddings. Anything else raises an error that names it.
 from .backend import get_array_module, to_device
 from .config import build_config
 from .nn import attention, conv2d, group_norm, linear, silu, timestep_embedding, upsample_nearest
+from .parallel import batch_parallel
 
 # diffusers' UNet2DModel defaults: a key missing from an old config.json takes these values.
 # Note: a missing attention_head_dim means 8; an explicit null means one head as wide as the channels.
@@ -288,7 +289,10 @@ class UNet2DModel:
         return cls(config, params)
 
     def __call__(self, sample, timestep):
-        return unet_forward(self.params, self.config, sample, timestep)
+        """ε_θ(sample, timestep); on the CPU the batch is shared out over the cores (`batch_parallel`)."""
+        check_input(self.config, sample)
+        timesteps = timesteps_for(timestep, len(sample))  # (B,) ints, sliced with the batch
+        return batch_parallel(lambda x, t: unet_forward(self.params, self.config, x, t), sample, timesteps)
 
     def to(self, device):
         """This model with its weights on `device` ("cpu" or "cuda")."""

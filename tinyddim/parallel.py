@@ -1,0 +1,55 @@
+"""Data parallelism over CPU cores for the NumPy forward pass.
+
+NumPy runs every elementwise op (group norm, SiLU, the Winograd transforms, im2col copies) on one core;
+only its matrix products (BLAS) use several. Splitting the batch into one slice per core and running the
+slices in threads, each with a one-thread BLAS, keeps every core busy for the whole forward pass: NumPy
+releases the GIL inside its loops. Every op of the UNet works image by image, so the slices give the same
+numbers as one pass over the whole batch.
+
+The number of cores is BLAS's thread count (set by OMP_NUM_THREADS or OPENBLAS_NUM_THREADS, as for
+NumPy itself); with one thread, or one image, or arrays on a GPU, the function is called as it is.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .backend import get_array_module
+
+_lock = threading.Lock()  # one parallel forward at a time: BLAS's thread count is process-wide
+_state = {}               # the threadpoolctl controller and the thread pool, made on first use
+
+
+def _controller():
+    if "controller" not in _state:
+        from threadpoolctl import ThreadpoolController
+
+        _state["controller"] = ThreadpoolController()
+    return _state["controller"]
+
+
+def cpu_threads():
+    """The number of threads BLAS uses for NumPy's matrix products (1 if none is found)."""
+    return max([info["num_threads"] for info in _controller().select(user_api="blas").info()] or [1])
+
+
+def _pool(threads):
+    if _state.get("threads") != threads:
+        _state["pool"], _state["threads"] = ThreadPoolExecutor(threads, thread_name_prefix="tinyddim"), threads
+    return _state["pool"]
+
+
+def batch_parallel(fn, sample, timesteps):
+    """fn(sample[s], timesteps[s]) over one slice s of the batch per CPU thread, concatenated.
+
+    `sample` is (B, ...) and `timesteps` B ints; the result is fn(sample, timesteps).
+    """
+    threads = min(cpu_threads(), len(sample)) if get_array_module(sample) is np else 1
+    if threads < 2:
+        return fn(sample, timesteps)
+    bounds = np.linspace(0, len(sample), threads + 1).round().astype(int)
+    slices = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+    with _lock, _controller().limit(limits=1, user_api="blas"):
+        outputs = list(_pool(threads).map(lambda s: fn(sample[s], timesteps[s]), slices))
+    return np.concatenate(outputs)
