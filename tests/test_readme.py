@@ -16,6 +16,8 @@ def test_readme_states_the_sampler_and_unet_sizes_within_ten_percent():
     unet = int(re.search(r"`tinyddim/nn.py`\) is about (\d+) lines", readme).group(1))
     assert abs(lines("tinyddim/ddim.py") - sampler) <= 0.1 * sampler
     assert abs(lines("tinyddim/unet.py", "tinyddim/nn.py") - unet) <= 0.1 * unet
+    threads = int(re.search(r"threads\s+\(`tinyddim/parallel.py`\) (\d+) more", readme).group(1))
+    assert abs(lines("tinyddim/parallel.py") - threads) <= 0.1 * threads
 
 
 def test_no_library_file_is_long_or_prints():

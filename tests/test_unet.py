@@ -117,3 +117,13 @@ def test_batch_shared_out_over_cpu_threads_matches_diffusers_and_one_pass(mnist_
     assert np.abs(eps - one_pass).max() <= 1e-5
     assert np.abs(eps - torch_eps(model, x, t)).max() <= TOLERANCE
     assert [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"] == blas_threads
+
+
+def test_without_threadpoolctl_the_batch_runs_as_one_pass(mnist_unet, monkeypatch):
+    from tinyddim import parallel
+
+    monkeypatch.setitem(parallel._state, "controller", None)  # as if threadpoolctl were not installed
+    assert parallel.cpu_threads() == 1
+    x, calls = x_like("mnist", batch=3), []
+    out = parallel.batch_parallel(lambda sample, t: calls.append(len(sample)) or mnist_unet(sample, t), x, [7] * 3)
+    assert calls == [3] and np.array_equal(out, mnist_unet(x, 7))

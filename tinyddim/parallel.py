@@ -22,16 +22,23 @@ _state = {}               # the threadpoolctl controller and the thread pool, ma
 
 
 def _controller():
+    """threadpoolctl's view of the loaded BLAS (a dependency; None where it is missing: then one pass)."""
     if "controller" not in _state:
-        from threadpoolctl import ThreadpoolController
-
-        _state["controller"] = ThreadpoolController()
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _state["controller"] = None
+        else:
+            _state["controller"] = ThreadpoolController()
     return _state["controller"]
 
 
 def cpu_threads():
     """The number of threads BLAS uses for NumPy's matrix products (1 if none is found)."""
-    return max([info["num_threads"] for info in _controller().select(user_api="blas").info()] or [1])
+    controller = _controller()
+    if controller is None:
+        return 1
+    return max([info["num_threads"] for info in controller.select(user_api="blas").info()] or [1])
 
 
 def _pool(threads):
