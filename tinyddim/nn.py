@@ -205,25 +205,32 @@ def _input_transform(x, out):
     """out[a, b] = (Bᵀ d B)[a, b] for the 4x4 tiles d of x (n, C, 2t+2, 2s+2); out is (4, 4, C, n, t, s)."""
     tile_rows, tile_cols = out.shape[-2:]
     d = [x[:, :, i : i + 2 * tile_rows : 2] for i in range(4)]  # row i of every tile: (n, C, t, 2s+2)
-    for a, row in enumerate((d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3])):  # Bᵀ d
-        c = [row[..., j : j + 2 * tile_cols : 2] for j in range(4)]  # column j: (n, C, t, s)
-        targets = [out[a, b].transpose(1, 0, 2, 3) for b in range(4)]  # (C, n, t, s) -> (n, C, t, s) views
-        np.subtract(c[0], c[2], out=targets[0])  # (Bᵀ d) B
-        np.add(c[1], c[2], out=targets[1])
-        np.subtract(c[2], c[1], out=targets[2])
-        np.subtract(c[1], c[3], out=targets[3])
+    rows = np.empty((4,) + d[0].shape, dtype=x.dtype)  # Bᵀ d, rows a = 0..3: (4, n, C, t, 2s+2)
+    np.subtract(d[0], d[2], out=rows[0])
+    np.add(d[1], d[2], out=rows[1])
+    np.subtract(d[2], d[1], out=rows[2])
+    np.subtract(d[1], d[3], out=rows[3])
+    c = [rows[..., j : j + 2 * tile_cols : 2] for j in range(4)]  # column j of every row: (4, n, C, t, s)
+    targets = out.transpose(1, 0, 3, 2, 4, 5)  # (4a, 4b, C, n, t, s) -> (4b, 4a, n, C, t, s) view
+    np.subtract(c[0], c[2], out=targets[0])  # (Bᵀ d) B, all four rows a at once
+    np.add(c[1], c[2], out=targets[1])
+    np.subtract(c[2], c[1], out=targets[2])
+    np.subtract(c[1], c[3], out=targets[3])
 
 
 def _output_transform(m, out):
     """out (O, n, 2t, 2s) = Aᵀ m A over the 4x4 products m (4, 4, O, n, t, s) of every tile."""
-    sums = [(m[0, b] + m[1, b] + m[2, b], m[1, b] - m[2, b] - m[3, b]) for b in range(4)]  # Aᵀ m
-    for p in range(2):
-        t = [sums[b][p] for b in range(4)]
+    sums = np.empty((2,) + m.shape[1:], dtype=m.dtype)  # Aᵀ m, rows p = 0, 1: (2, 4, O, n, t, s)
+    np.add(m[0], m[1], out=sums[0])
+    sums[0] += m[2]
+    np.subtract(m[1], m[2], out=sums[1])
+    sums[1] -= m[3]
+    for p, row in enumerate(sums):  # row: (4, O, n, t, s), one per column b
         even, odd = out[:, :, p::2, 0::2], out[:, :, p::2, 1::2]  # (Aᵀ m) A
-        np.add(t[0], t[1], out=even)
-        even += t[2]
-        np.subtract(t[1], t[2], out=odd)
-        odd -= t[3]
+        np.add(row[0], row[1], out=even)
+        even += row[2]
+        np.subtract(row[1], row[2], out=odd)
+        odd -= row[3]
 
 
 def group_norm(x, weight, bias, num_groups, eps):
