@@ -48,8 +48,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     Unfolds the kh·kw shifted views of x into columns (im2col) and does one matrix product per block of
     output positions: whole images when they fit a small buffer, else bands of rows. Bounding the buffer
     keeps it in cache and keeps memory flat for 256x256 inputs (`conv2d_reference` is the plain version).
-    On the CPU, 3x3 convolutions with stride 1 and padding 1 take the Winograd path below instead, and
-    convolutions to a few channels (a UNet's conv_out) take `_conv_few_outputs`.
+    Convolutions to a few channels (a UNet's conv_out) multiply first instead (`_conv_few_outputs`), and on
+    the CPU 3x3 convolutions with stride 1 and padding 1 take the Winograd path below.
     """
     xp = get_array_module(x)
     if xp is np and _winograd_applies(x, weight, stride, padding):
