@@ -1,0 +1,74 @@
+"""A/B of the forward pass: the ops of a git revision against the working tree's, interleaved in one process.
+
+    python benchmarks/compare_ops.py --base HEAD --threads 2 --batch 8
+
+Loads `tinyddim/nn.py` as it is at --base, then times the cifar10-32 forward pass round by round: PyTorch,
+the UNet with the base ops, the UNet with the working tree's ops (the model file and `parallel.py` are the
+working tree's in both). Separate benchmark runs drift by about ±0.1 in the ratio on a shared machine;
+alternating the variants in one process is what makes a few-percent change visible.
+"""
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+
+OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_nearest")
+
+
+def load_base_ops(revision):
+    """tinyddim/nn.py at `revision`, imported as a module of its own."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "show", f"{revision}:tinyddim/nn.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    source = source.replace("from .backend import", "from tinyddim.backend import")
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("base_nn", f.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(f.name)
+    return module
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="HEAD", help="git revision whose tinyddim/nn.py is the baseline")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import forward_fns, median_times, models, set_threads
+
+    set_threads(args.threads)
+    import numpy as np
+
+    import tinyddim.nn as work
+    import tinyddim.unet as unet_module
+
+    base = load_base_ops(args.base)
+    torch_model, unet = models("cifar10")
+    x = np.random.default_rng(1).standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
+    run_torch, run_ours = forward_fns(torch_model, unet, x)
+
+    def with_ops(module):
+        def run():
+            for name in OPS:
+                setattr(unet_module, name, getattr(module, name))
+            return run_ours()
+        return run
+
+    expected = run_torch()
+    for label, module in (("base", base), ("work", work)):
+        print(f"{label}: max |diff| to PyTorch {np.abs(with_ops(module)() - expected).max():.1e}")
+    t_torch, t_base, t_work = median_times([run_torch, with_ops(base), with_ops(work)], args.rounds)
+    print(f"batch {args.batch}, {args.threads} threads: PyTorch {t_torch * 1e3:.1f} ms, "
+          f"base ({args.base}) {t_base * 1e3:.1f} ms ({t_base / t_torch:.3f}), "
+          f"work {t_work * 1e3:.1f} ms ({t_work / t_torch:.3f}); work / base {t_work / t_base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
