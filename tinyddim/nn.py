@@ -7,6 +7,7 @@ Arrays are float32 and NCHW, as in PyTorch. Every op works on any array module
 """
 
 import math
+import threading
 import weakref
 
 import numpy as np
@@ -160,6 +161,7 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
 WINOGRAD_TILES = 128  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
+_winograd_lock = threading.Lock()
 
 
 def _winograd_applies(x, weight, stride, padding):
@@ -172,15 +174,17 @@ def _winograd_applies(x, weight, stride, padding):
 
 
 def winograd_kernel(weight):
-    """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C); computed once per weight."""
-    cached = _winograd_kernels.get(id(weight))
-    if cached is not None and cached[0]() is weight:
-        return cached[1]
-    kernel = np.einsum("ai,ocij,bj->aboc", WINOGRAD_G, weight, WINOGRAD_G)  # (4, 4, O, C)
-    kernel = np.ascontiguousarray(kernel.reshape(16, *weight.shape[:2]), dtype=np.float32)
-    _winograd_kernels[id(weight)] = (weakref.ref(weight, lambda _, key=id(weight): _winograd_kernels.pop(key, None)),
-                                     kernel)
-    return kernel
+    """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C); computed once per weight
+    (under a lock: threads sharing a batch out do not each compute it)."""
+    with _winograd_lock:
+        cached = _winograd_kernels.get(id(weight))
+        if cached is not None and cached[0]() is weight:
+            return cached[1]
+        kernel = np.einsum("ai,ocij,bj->aboc", WINOGRAD_G, weight, WINOGRAD_G)  # (4, 4, O, C)
+        kernel = np.ascontiguousarray(kernel.reshape(16, *weight.shape[:2]), dtype=np.float32)
+        forget = weakref.ref(weight, lambda _, key=id(weight): _winograd_kernels.pop(key, None))
+        _winograd_kernels[id(weight)] = (forget, kernel)
+        return kernel
 
 
 def conv3x3_winograd(x, weight, bias=None):
