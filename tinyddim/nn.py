@@ -191,18 +191,30 @@ def conv3x3_winograd(x, weight, bias=None):
     """conv2d(x, weight, bias, padding=1) for 3x3 kernels and even H, W, by Winograd F(2x2, 3x3)."""
     batch, channels, height, width = x.shape
     kernel = winograd_kernel(weight)  # (16, O, C)
-    x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
     for images, rows in _blocks(batch, height // 2, width // 2, WINOGRAD_TILES):  # rows of 2x2 output blocks
         n, count = images.stop - images.start, rows.stop - rows.start
         tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
-        _input_transform(x[images, :, 2 * rows.start : 2 * rows.stop + 2], tiles)
+        _input_transform(_padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1), tiles)
         products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
         out = y[images, :, 2 * rows.start : 2 * rows.stop].transpose(1, 0, 2, 3)  # (O, n, 2·count, W) view
         _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out)
     if bias is not None:
         y += bias[:, None, None]
     return y
+
+
+def _padded_rows(x, top, bottom):
+    """Rows top..bottom−1 of x (n, C, H, W) zero-padded by one pixel on every side, (n, C, bottom−top, W+2);
+    top = −1 and bottom = H + 1 are the padding rows. Padding block by block keeps no padded copy of x."""
+    n, channels, height, width = x.shape
+    out = np.empty((n, channels, bottom - top, width + 2), dtype=x.dtype)
+    first, last = max(top, 0), min(bottom, height)
+    out[:, :, first - top : last - top, 1:-1] = x[:, :, first:last]
+    out[:, :, :, 0] = out[:, :, :, -1] = 0
+    out[:, :, : first - top] = 0
+    out[:, :, last - top :] = 0
+    return out
 
 
 def _input_transform(x, out):
