@@ -3,8 +3,8 @@
 NumPy runs every elementwise op (group norm, SiLU, the Winograd transforms, im2col copies) on one core;
 only its matrix products (BLAS) use several. Splitting the batch into one slice per core and running the
 slices in threads, each with a one-thread BLAS, keeps every core busy for the whole forward pass: NumPy
-releases the GIL inside its loops. Every op of the UNet works image by image, so the slices give the same
-numbers as one pass over the whole batch.
+releases the GIL inside its loops. Every op of the UNet works image by image, so the slices agree with one
+pass over the whole batch to float32 rounding (a matrix product over fewer images may round differently).
 
 The number of cores is BLAS's thread count (set by OMP_NUM_THREADS or OPENBLAS_NUM_THREADS, as for
 NumPy itself); with one thread, or one image, or arrays on a GPU, the function is called as it is.
@@ -42,7 +42,10 @@ def cpu_threads():
 
 
 def _pool(threads):
+    """The worker threads, remade (and the old ones let go) when the thread count changes."""
     if _state.get("threads") != threads:
+        if "pool" in _state:
+            _state["pool"].shutdown(wait=False)
         _state["pool"], _state["threads"] = ThreadPoolExecutor(threads, thread_name_prefix="tinyddim"), threads
     return _state["pool"]
 
