@@ -11,6 +11,7 @@ from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step
 from .pipelines import DDIMPipeline, DDPMPipeline, ImagePipelineOutput, default_pipeline, sample
+from .schedules import quadratic_timesteps
 from .unet import UNet2DModel
 from .explore import slerp
 from .viz import image_grid
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DDIMPipeline", "DDIMScheduler", "DDPMPipeline", "DDPMScheduler", "ImagePipelineOutput", "UNet2DModel",
     "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "get_array_module", "image_grid",
-    "sample", "slerp", "to_device", "to_numpy",
+    "quadratic_timesteps", "sample", "slerp", "to_device", "to_numpy",
 ]
