@@ -160,6 +160,15 @@ def check_timesteps(timesteps, num_train_timesteps):
     return array.astype(np.int64)
 
 
+def set_steps(scheduler, num_inference_steps, timesteps=None):
+    """`scheduler.set_timesteps` from a pipeline's keywords: a given `timesteps` list wins, and
+    `num_inference_steps` is then ignored (as in diffusers' pipelines that take `timesteps`)."""
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=timesteps)
+    else:
+        scheduler.set_timesteps(num_inference_steps)
+
+
 # ---- model output -> x̂_0, ε̂ and the options around it ---------------------------------------------
 
 def x0_and_eps(model_output, x_t, alpha_bar_t, prediction_type):
