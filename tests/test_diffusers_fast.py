@@ -188,3 +188,61 @@ def test_ddpm_custom_timesteps_step_to_the_next_entry_and_minus_one_after_the_la
 def test_ddpm_bad_custom_timesteps_are_value_errors(kwargs):
     with pytest.raises(ValueError):
         DDPMScheduler(**DDPM_CONFIG).set_timesteps(**kwargs)
+
+
+# ---- the pipelines (tests/pipelines/ddim/test_ddim.py, tests/pipelines/ddpm/test_ddpm.py) ----------
+
+# diffusers' pipeline test UNet: 4 channels and no attention at the first level, 8 with attention at the
+# second; attention_head_dim is diffusers' default 8 (one head of 8 at the second level).
+PIPELINE_TEST_UNET = dict(block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4, sample_size=8,
+                          in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+@pytest.fixture(scope="module")
+def test_unet(tmp_path_factory):
+    """diffusers' test UNet with the weights torch.manual_seed(0) gives it, saved as diffusers does and
+    loaded into tinyddim's UNet2DModel."""
+    from diffusers import UNet2DModel as TorchUNet
+
+    from models import save_pipeline_folder
+    from tinyddim import UNet2DModel
+
+    torch.manual_seed(0)
+    folder = save_pipeline_folder(TorchUNet(**PIPELINE_TEST_UNET).eval(), tmp_path_factory.mktemp("test_unet"))
+    return UNet2DModel.from_pretrained(folder)
+
+
+def torch_latents(generator, shape=(1, 3, 8, 8)):
+    """x_T as diffusers' pipelines draw it: randn_tensor on the CPU is torch.randn from the given generator."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+
+
+def test_ddim_pipeline_inference_gives_diffusers_image_slice(test_unet):
+    from tinyddim import DDIMPipeline
+
+    pipe = DDIMPipeline(test_unet, DDIMScheduler())                       # diffusers' DDIMScheduler() defaults
+    latents = torch_latents(torch.Generator(device="cpu").manual_seed(0))  # η = 0: no other noise is drawn
+    image = pipe(batch_size=1, latents=latents, num_inference_steps=2, output_type="np", progress=False).images
+    assert image.shape == (1, 8, 8, 3)
+    expected_slice = np.array([0.0, 9.979e-01, 0.0, 9.999e-01, 9.986e-01, 9.991e-01, 7.106e-04, 0.0, 0.0])
+    assert np.abs(image[0, -3:, -3:, -1].flatten() - expected_slice).max() <= 1e-3
+
+
+def test_ddpm_pipeline_fast_inference_gives_diffusers_image_slice(test_unet):
+    """DDPMPipeline's loop written out with our scheduler, since our pipeline draws its per-step noise from
+    a NumPy generator: diffusers' pipeline draws x_T and then, at each step with t > 0, ε_t from the same
+    torch generator; those tensors go in as the x_T and `variance_noise` of our steps."""
+    from tinyddim.pipelines import to_images
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    scheduler = DDPMScheduler()                                          # diffusers' DDPMScheduler() defaults
+    x_t = torch_latents(generator)
+    scheduler.set_timesteps(2)                                           # [500, 0]
+    for t in scheduler.timesteps:
+        noise = torch.randn(x_t.shape, generator=generator, dtype=torch.float32).numpy() if t > 0 else None
+        x_t = scheduler.step(test_unet(x_t, t), t, x_t, variance_noise=noise).prev_sample
+    image = to_images(x_t, "np")
+    assert image.shape == (1, 8, 8, 3)
+    expected_slice = np.array([0.0, 0.9996672, 0.00329116, 1.0, 0.9995991, 1.0, 0.0060907, 0.00115037, 0.0])
+    assert np.abs(image[0, -3:, -3:, -1].flatten() - expected_slice).max() < 1e-2
