@@ -19,18 +19,30 @@ OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_nearest"
 
 
 def load_base_ops(revision):
-    """tinyddim/nn.py at `revision`, imported as a module of its own."""
+    """tinyddim/nn.py (and its tinyddim/fastops.py, where the revision has one) at `revision`, imported as
+    modules of their own."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", f"{revision}:tinyddim/nn.py"], cwd=root, check=True,
-                            capture_output=True, text=True).stdout
-    source = source.replace("from .backend import", "from tinyddim.backend import")
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("base_nn", f.name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    os.unlink(f.name)
-    return module
+
+    def load(name, source):
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(source.replace("from .backend import", "from tinyddim.backend import"))
+        spec = importlib.util.spec_from_file_location(name, f.name)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        os.unlink(f.name)
+        return module
+
+    def show(path):
+        done = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else None
+
+    fastops = show("tinyddim/fastops.py")
+    source = show("tinyddim/nn.py")
+    if fastops is not None:
+        load("base_fastops", fastops)
+        source = source.replace("from . import fastops", "import base_fastops as fastops")
+    return load("base_nn", source)
 
 
 def main():

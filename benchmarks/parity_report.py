@@ -17,8 +17,8 @@ from models import FAMILIES, diffusers_unet, diffusers_unet_from_file, torch_eps
 
 from tinyddim import DDIMPipeline  # noqa: E402
 from tinyddim.pipelines import BUNDLED_MODEL  # noqa: E402
-from tinyddim.unet import UNet2DModel, unet_config  # noqa: E402
-from tinyddim.weights import to_tree  # noqa: E402
+from tinyddim.unet import UNet2DModel  # noqa: E402
+from tinyddim.weights import to_tree, unet_config  # noqa: E402
 
 
 def unet_parity():

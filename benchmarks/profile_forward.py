@@ -26,7 +26,7 @@ def main():
     set_threads(args.threads)
     import numpy as np
 
-    import tinyddim.nn as nn
+    import tinyddim.fastops as fastops
     import tinyddim.unet as unet_module
 
     totals = collections.Counter()
@@ -46,7 +46,7 @@ def main():
         timed(unet_module, name, name)
     for name, label in (("_im2col", "conv2d: im2col copies"), ("_input_transform", "conv2d: Winograd input"),
                         ("_output_transform", "conv2d: Winograd output")):
-        timed(nn, name, label)
+        timed(fastops, name, label)
     _, unet = models("cifar10")
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
     unet(x, 500)

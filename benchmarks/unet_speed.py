@@ -47,8 +47,8 @@ def models(arch, seed=0):
     import torch
     from diffusers import UNet2DModel as TorchUNet
 
-    from tinyddim.unet import UNet2DModel, unet_config
-    from tinyddim.weights import to_tree
+    from tinyddim.unet import UNet2DModel
+    from tinyddim.weights import to_tree, unet_config
 
     torch.manual_seed(seed)
     torch_model = TorchUNet(**ARCHITECTURES[arch]).eval()

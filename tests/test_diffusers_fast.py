@@ -233,7 +233,7 @@ def test_ddpm_pipeline_fast_inference_gives_diffusers_image_slice(test_unet):
     """DDPMPipeline's loop written out with our scheduler, since our pipeline draws its per-step noise from
     a NumPy generator: diffusers' pipeline draws x_T and then, at each step with t > 0, ε_t from the same
     torch generator; those tensors go in as the x_T and `variance_noise` of our steps."""
-    from tinyddim.pipelines import to_images
+    from tinyddim import to_images
 
     generator = torch.Generator(device="cpu").manual_seed(0)
     scheduler = DDPMScheduler()                                          # diffusers' DDPMScheduler() defaults

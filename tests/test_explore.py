@@ -8,7 +8,7 @@ import pytest
 from models import diffusers_unet, save_pipeline_folder
 from tinyddim import DDIMPipeline, DDPMScheduler
 from tinyddim.explore import consistency_images, eta_sweep, interpolation, reconstruction_error, slerp
-from tinyddim.unet import unet_config
+from tinyddim.weights import unet_config
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tinyddim import nn
+from tinyddim import fastops, nn
 
 rng = np.random.default_rng(0)
 
@@ -27,12 +27,14 @@ def naive_conv2d(x, weight, bias, stride, pads):
     return out
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (3, 2, 1), (3, 2, (0, 1, 0, 1))])
-def test_conv2d_matches_naive_loop(kernel, stride, padding):
+def test_conv2d_matches_naive_loop(kernel, stride, padding, fast):
     x, weight, bias = randn(2, 3, 6, 8), randn(4, 3, kernel, kernel), randn(4)
     pads = (padding,) * 4 if isinstance(padding, int) else padding
     expected = naive_conv2d(x, weight, bias, stride, pads)
-    np.testing.assert_allclose(nn.conv2d(x, weight, bias, stride=stride, padding=padding), expected, atol=1e-5)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias, stride=stride, padding=padding, fast=fast), expected,
+                               atol=1e-5)
 
 
 def test_group_norm_matches_naive_loop():
@@ -83,14 +85,14 @@ def test_timestep_embedding_matches_diffusers(flip, shift):
 
 
 @pytest.mark.parametrize("budget", [1, 200, 10_000, 1 << 20])
-def test_blocked_conv2d_matches_the_reference_for_any_buffer_budget(budget, monkeypatch):
-    monkeypatch.setattr(nn, "_im2col_budget", lambda xp: budget)
+def test_blocked_conv2d_matches_the_plain_product_for_any_buffer_budget(budget, monkeypatch):
+    monkeypatch.setattr(fastops, "_im2col_budget", lambda xp: budget)
     x, weight, bias = randn(3, 4, 9, 7), randn(5, 4, 3, 3), randn(5)
     for stride, padding in ((1, 1), (2, (0, 1, 0, 1)), (2, 1)):
-        expected = nn.conv2d_reference(x, weight, bias, stride=stride, padding=padding)
-        np.testing.assert_allclose(nn.conv2d(x, weight, bias, stride=stride, padding=padding), expected, atol=1e-5)
+        expected = nn.conv2d(x, weight, bias, stride=stride, padding=padding, fast=False)
+        np.testing.assert_allclose(fastops.conv2d(x, weight, bias, stride=stride, padding=padding), expected, atol=1e-5)
     pointwise = randn(5, 4, 1, 1)
-    np.testing.assert_allclose(nn.conv2d(x, pointwise, bias), nn.conv2d_reference(x, pointwise, bias), atol=1e-5)
+    np.testing.assert_allclose(fastops.conv2d(x, pointwise, bias), nn.conv2d(x, pointwise, bias, fast=False), atol=1e-5)
 
 
 def test_silu_in_place_overwrites_its_input_with_the_same_values():
@@ -106,30 +108,30 @@ def test_silu_in_place_overwrites_its_input_with_the_same_values():
 @pytest.mark.parametrize("shape", [(2, 16, 16, 16), (1, 17, 16, 20), (3, 16, 18, 16)])
 @pytest.mark.parametrize("tiles", [1, 7, 256])
 def test_winograd_3x3_conv_matches_the_naive_loop_for_any_block_size(shape, tiles, monkeypatch):
-    monkeypatch.setattr(nn, "WINOGRAD_TILES", tiles)
+    monkeypatch.setattr(fastops, "WINOGRAD_TILES", tiles)
     x, weight, bias = randn(*shape), randn(16, shape[1], 3, 3), randn(16)
-    assert nn._winograd_applies(x, weight, 1, 1)
+    assert fastops._winograd_applies(x, weight, 1, 1)
     expected = naive_conv2d(x, weight, bias, 1, (1, 1, 1, 1))
-    np.testing.assert_allclose(nn.conv3x3_winograd(x, weight, bias), expected, atol=2e-5)
+    np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-5)
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), expected, atol=2e-5)
 
 
 def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
     weight = randn(4, 3, 3, 3)
-    first = nn.winograd_kernel(weight)
-    assert nn.winograd_kernel(weight) is first and id(weight) in nn._winograd_kernels
+    first = fastops.winograd_kernel(weight)
+    assert fastops.winograd_kernel(weight) is first and id(weight) in fastops._winograd_kernels
     key = id(weight)
     del weight
-    assert key not in nn._winograd_kernels
+    assert key not in fastops._winograd_kernels
 
 
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
     weight = randn(16, 16, 3, 3)
     for x, stride, padding in ((randn(1, 16, 17, 16), 1, 1), (randn(1, 16, 16, 16), 2, 1),
                                (randn(1, 16, 8, 8), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
-        assert not nn._winograd_applies(x, weight, stride, padding)
-    assert not nn._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
-    assert not nn._winograd_applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
+        assert not fastops._winograd_applies(x, weight, stride, padding)
+    assert not fastops._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
+    assert not fastops._winograd_applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
 
 
 @pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((2, 3), (0, 1, 1, 0)), ((3, 3), 0)])
@@ -139,5 +141,5 @@ def test_conv_to_few_channels_multiplies_first_and_matches_the_naive_loop(kernel
     top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     expected = naive_conv2d(x, weight, bias, 1, (top, bottom, left, right))
-    np.testing.assert_allclose(nn._conv_few_outputs(padded, weight, bias), expected, atol=2e-5)
+    np.testing.assert_allclose(fastops._conv_few_outputs(padded, weight, bias), expected, atol=2e-5)
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=padding), expected, atol=2e-5)

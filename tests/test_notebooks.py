@@ -50,8 +50,11 @@ def test_notebook_imports_the_library_and_shows_its_source(path):
     assert code_cells(notebook)[0]["source"].startswith("import tinyddim as td\n")
     code = "\n".join(cell["source"] for cell in code_cells(notebook))
     assert "inspect.getsource(" in code
-    for name in ("ddim_step", "ddim_sigma", "ddpm_step", "make_betas", "unet_forward", "slerp", "ddim_invert"):
+    for name in ("ddim_step", "ddim_sigma", "ddpm_step", "make_betas", "unet_forward", "slerp", "ddim_invert",
+                 "load_mnist", "load_digits", "resize_digits", "to_images", "as_x0"):
         assert f"def {name}(" not in code, f"{path.name} pastes a copy of {name}; show it with inspect.getsource"
+    for pasted in ("mnist_test_10k.npz", "mnist_train_10k.npz", "Image.BILINEAR"):  # the data: td.mnist.load_mnist
+        assert pasted not in code, f"{path.name} loads MNIST itself ({pasted}); use td.mnist.load_mnist"
     if path.stem != "06_real_checkpoint":  # the math notebooks carry their equations in LaTeX
         assert "$$" in markdown(notebook)
 

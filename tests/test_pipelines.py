@@ -170,7 +170,9 @@ def test_cuda_without_cupy_says_to_install_the_gpu_extra(folder, monkeypatch):
     (dict(batch_size=0), ValueError, "batch_size"),
     (dict(batch_size=1.5), ValueError, "batch_size"),
     (dict(output_type="pt"), ValueError, "output_type 'pt'"),
-    (dict(latents=np.zeros((1, 1, 8, 8), np.float32)), ValueError, r"latents must have shape \(1, 1, 16, 16\)"),
+    (dict(latents=np.zeros((1, 3, 16, 16), np.float32)), ValueError, "latents: UNet input has 3 channels"),
+    (dict(latents=np.zeros((1, 1, 10, 16), np.float32)), ValueError, "latents: UNet input size 10x16"),
+    (dict(latents=np.zeros((16, 16), np.float32)), ValueError, "latents: UNet input must be a 4-D array"),
     (dict(latents=np.full((1, 1, 16, 16), np.nan, np.float32)), ValueError, "NaN"),
     (dict(generator="seed"), TypeError, "generator"),
     (dict(num_inference_steps=1001), ValueError, "num_inference_steps"),
@@ -192,3 +194,16 @@ def test_cli_sample_with_a_model_writes_a_png_and_refuses_to_overwrite(folder, t
     assert cli(args + ["--overwrite"]) == 0
     assert cli(["sample", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "x.png")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_latents_of_another_size_set_the_batch_and_the_image_shape(pipe):
+    """The UNet is convolutional: x_T (3, 1, 8, 24) gives three 8x24 images, equal to the scheduler loop by hand."""
+    latents = np.random.default_rng(5).standard_normal((3, 1, 8, 24), dtype=np.float32)
+    images = pipe(latents=latents, num_inference_steps=3, output_type="np", progress=False).images
+    assert images.shape == (3, 8, 24, 1)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(3)
+    x_t = latents
+    for t in scheduler.timesteps:
+        x_t = scheduler.step(pipe.unet(x_t, t), t, x_t).prev_sample
+    np.testing.assert_array_equal(images, np.clip(x_t / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1))

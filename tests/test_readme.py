@@ -16,8 +16,19 @@ def test_readme_states_the_sampler_and_unet_sizes_within_ten_percent():
     unet = int(re.search(r"`tinyddim/nn.py`\) is about (\d+) lines", readme).group(1))
     assert abs(lines("tinyddim/ddim.py") - sampler) <= 0.1 * sampler
     assert abs(lines("tinyddim/unet.py", "tinyddim/nn.py") - unet) <= 0.1 * unet
-    threads = int(re.search(r"threads\s+\(`tinyddim/parallel.py`\) (\d+) more", readme).group(1))
+    fast = int(re.search(r"speed-ups \(`tinyddim/fastops.py`\)\s+are about (\d+) lines", readme).group(1))
+    assert abs(lines("tinyddim/fastops.py") - fast) <= 0.1 * fast
+    threads = int(re.search(r"threads\s+\(`tinyddim/parallel.py`\) (\d+)\.", readme).group(1))
     assert abs(lines("tinyddim/parallel.py") - threads) <= 0.1 * threads
+
+
+def test_readme_maps_every_module():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Reading the code"):readme.index("## Set up")]
+    for path in (ROOT / "tinyddim").glob("*.py"):
+        if path.stem not in ("__init__", "__main__"):
+            assert f"`tinyddim/{path.name}`" in section, f"README's Reading the code has no row for {path.name}"
+    assert readme.index("## Reading the code") < readme.index("## Set up")  # right after the first example
 
 
 def test_no_library_file_is_long_or_prints():

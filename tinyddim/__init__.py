@@ -6,7 +6,7 @@
     images = pipe(batch_size=4, generator=0, num_inference_steps=50).images
 """
 
-from . import explore, viz
+from . import explore, mnist, viz
 from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step
@@ -14,12 +14,14 @@ from .pipelines import DDIMPipeline, DDPMPipeline, ImagePipelineOutput, default_
 from .schedules import quadratic_timesteps
 from .unet import UNet2DModel
 from .explore import slerp
+from .images import as_x0, numpy_to_pil, pil_to_numpy, to_images
 from .viz import image_grid
 from .weights import convert
 
 __version__ = "0.1.0"
 __all__ = [
     "DDIMPipeline", "DDIMScheduler", "DDPMPipeline", "DDPMScheduler", "ImagePipelineOutput", "UNet2DModel",
-    "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "get_array_module", "image_grid",
-    "quadratic_timesteps", "sample", "slerp", "to_device", "to_numpy",
+    "as_x0", "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "get_array_module",
+    "image_grid", "numpy_to_pil", "pil_to_numpy", "quadratic_timesteps", "sample", "slerp", "to_device",
+    "to_images", "to_numpy",
 ]

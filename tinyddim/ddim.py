@@ -3,17 +3,9 @@
 `ddim_step` is Eq. 12 of the paper and `ddim_sigma` is Eq. 16; `DDIMScheduler` wraps them with
 diffusers' options (prediction types, clipping, thresholding) and timesteps (see `schedules.py`).
 
-Notation (code name -> paper symbol)
-    alpha_bar       ᾱ_t, DDPM's notation. The DDIM paper writes α_t for this same cumulative product;
-                    diffusers calls it alphas_cumprod. We write alpha_bar everywhere.
-    alpha_bar_prev  ᾱ_{t_prev} (paper α_{t−1}, or α_{τ_{i−1}} when skipping steps); final_alpha past the end
-    x_t, x_prev     x_t and x_{t−1} (x_{τ_{i−1}})
-    eps             ε_θ(x_t, t), the model's noise prediction
-    noise           ε_t ~ N(0, I), fresh noise added when σ_t > 0
-    x0_pred         x̂_0 = f_θ(x_t), the "predicted x_0" (Eq. 9)
-    dir_xt          √(1 − ᾱ_{t_prev} − σ_t²) · ε_θ, the "direction pointing to x_t"
-    sigma, eta      σ_t(η) of Eq. 16 and η: η = 0 is DDIM, η = 1 is DDPM's posterior variance β̃_t
-    t, t_prev       a timestep and the next one in `.timesteps` (−1 after the last)
+Names follow the Notation block of `schedules.py` (the one list for the package): `alpha_bar` is ᾱ_t,
+DDPM's notation, which the DDIM paper writes α_t; `eps` is the model's ε_θ and `noise` the fresh ε_t of
+Eq. 12; `x0_pred` is x̂_0 (Eq. 9), `dir_xt` the direction pointing to x_t, `sigma` σ_t(η) (Eq. 16).
 
 Unlike diffusers' DDIMScheduler, t_prev is the next entry of `.timesteps`, never t − T // S; the two
 differ for "trailing" spacing when S does not divide T and for "linspace" spacing unless S = T.

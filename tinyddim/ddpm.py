@@ -3,15 +3,9 @@
 `ddpm_step` samples the posterior q(x_{t−1} | x_t, x̂_0) of Eqs. 6–7, which with an unclipped x̂_0 is
 line 4 of Algorithm 2. `DDPMScheduler` wraps it with diffusers' options and variance types.
 
-Notation (code name -> paper symbol)
-    alpha_bar       ᾱ_t (the DDIM paper's α_t; diffusers' alphas_cumprod)
-    alpha_bar_prev  ᾱ_{t_prev}; 1 past the last step
-    beta_t          β_t = 1 − ᾱ_t/ᾱ_prev, the one-step β; with skipped steps, the β of the whole jump
-    beta_tilde      β̃_t = (1 − ᾱ_prev)/(1 − ᾱ_t) · β_t, the posterior variance (Eq. 7)
-    x0_pred         x̂_0, the model's estimate of x_0
-    sigma           σ_t, the standard deviation of the added noise (set by variance_type)
-    noise           z ~ N(0, I) in Algorithm 2
-    t, t_prev       a timestep and the next one in `.timesteps` (−1 after the last)
+Names follow the Notation block of `schedules.py` (the one list for the package): `x0_pred` is x̂_0,
+`beta_t` the β of the whole jump t -> t_prev, `beta_tilde` the posterior variance β̃_t (Eq. 7), `sigma` the
+standard deviation σ_t of the added noise `noise` (Algorithm 2's z).
 
 variance_type -> σ_t
     fixed_small, fixed_small_log   √β̃_t  (σ_t² = β̃_t)

@@ -17,7 +17,8 @@ import numpy as np
 from .backend import get_array_module, randn
 from .ddpm import DDPMScheduler
 from .ddim import DDIMScheduler
-from .pipelines import DDIMPipeline, DDPMPipeline, as_x0
+from .images import as_x0
+from .pipelines import DDIMPipeline, DDPMPipeline
 
 
 def slerp(z0, z1, alpha):

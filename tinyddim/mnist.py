@@ -38,6 +38,15 @@ def find_data_dir(data_dir=None):
                             f"pass data_dir or set {ENV_VAR}")
 
 
+def available(data_dir=None):
+    """Whether the MNIST files can be found (the notebooks fall back to the model's own samples without them)."""
+    try:
+        find_data_dir(data_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def resize_digits(digits, size=16):
     """uint8 digits (N, 28, 28) -> uint8 (N, size, size), bilinear with antialiasing (as in training)."""
     from PIL import Image

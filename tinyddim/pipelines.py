@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import as_generator, get_array_module, randn, to_device, to_numpy
+from .backend import as_generator, get_array_module, randn, to_device
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .images import as_x0, to_images
 from .inversion import ddim_invert
 from .schedules import set_steps
 from .trajectory import Trajectory
-from .unet import UNet2DModel
+from .unet import UNet2DModel, check_input
 from .weights import read_scheduler_config, resolve
 
 OUTPUT_TYPES = ("pil", "np")
@@ -69,14 +70,19 @@ class _Pipeline:
         return tqdm(timesteps, leave=False)
 
     def initial_latents(self, batch_size, rng, latents=None):
-        """x_T ~ N(0, I) drawn on the host and moved to the UNet's device, or the given `latents`."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        shape = (batch_size,) + self.unet.sample_shape
+        """x_T ~ N(0, I) drawn on the host and moved to the UNet's device, or the given `latents`.
+
+        `latents` may have any shape (B, C, H, W) the UNet takes (other sizes, non-square: it is
+        convolutional); then the batch size is B and `batch_size` is not used.
+        """
         if latents is None:
-            return to_device(randn(rng, shape), self.unet.device)
-        if tuple(getattr(latents, "shape", ())) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {getattr(latents, 'shape', type(latents))}")
+            if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            return to_device(randn(rng, (batch_size,) + self.unet.sample_shape), self.unet.device)
+        try:
+            check_input(self.unet.config, latents)
+        except ValueError as err:
+            raise ValueError(f"latents: {err}") from None
         if not get_array_module(latents).isfinite(latents).all():
             raise ValueError("latents contain NaN or infinite values")
         return to_device(latents, self.unet.device).astype(np.float32)
@@ -91,43 +97,10 @@ def check_call(num_inference_steps, output_type, eta=0.0, timesteps=None):
         raise ValueError(f"eta must be >= 0 (0 is DDIM, 1 is DDPM-like), got {eta}")
 
 
-def to_images(x0, output_type="pil"):
-    """x_0 in [-1, 1], (B, C, H, W) on any device -> PIL images or a host float array (B, H, W, C) in [0, 1]."""
-    images = np.clip(to_numpy(x0) / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
-    return images if output_type == "np" else numpy_to_pil(images)
-
-
-def numpy_to_pil(images):
-    """(B, H, W, C) floats in [0, 1] -> a list of PIL images (mode "L" for one channel)."""
-    from PIL import Image
-
-    pixels = (images * 255).round().astype(np.uint8)
-    if pixels.shape[-1] == 1:
-        return [Image.fromarray(image[:, :, 0], mode="L") for image in pixels]
-    return [Image.fromarray(image) for image in pixels]
-
-
 def _output(images, return_dict, trajectory=None):
     if return_dict:
         return ImagePipelineOutput(images=images, trajectory=trajectory)
     return (images,) if trajectory is None else (images, trajectory)
-
-
-def pil_to_numpy(images):
-    """A list of PIL images -> uint8 (B, H, W, C), the inverse of `numpy_to_pil` (mode "L" gets C = 1)."""
-    arrays = [np.asarray(image) for image in images]
-    return np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays])
-
-
-def as_x0(images):
-    """Images as the pipelines return them (PIL list, or floats (B, H, W, C) in [0, 1]) -> x_0 (B, C, H, W) in [-1, 1]."""
-    if isinstance(images, np.ndarray):
-        pixels = images.astype(np.float32)
-    else:
-        pixels = pil_to_numpy(images).astype(np.float32) / 255
-    if pixels.ndim != 4:
-        raise ValueError(f"images must be (B, H, W, C) floats in [0, 1] or a list of PIL images, got {pixels.shape}")
-    return pixels.transpose(0, 3, 1, 2) * 2 - 1  # (B, H, W, C) -> (B, C, H, W)
 
 
 class DDIMPipeline(_Pipeline):

@@ -4,14 +4,27 @@ Papers: DDPM, Ho, Jain & Abbeel 2020 (arXiv 2006.11239); DDIM, Song, Meng & Ermo
 the cosine schedule, Nichol & Dhariwal 2021 (arXiv 2102.09672); zero terminal SNR and timestep spacing,
 Lin et al. 2023 (arXiv 2305.08891).
 
-Notation (code name -> symbol)
+Notation (code name -> symbol): the one list for the whole package; ddim.py and ddpm.py use these names
     betas          β_t               the forward-process variances, t = 0 … T−1 (0-based, as diffusers)
     alphas         α_t = 1 − β_t     (DDPM's α_t)
-    alpha_bar      ᾱ_t = ∏_{s≤t} α_s (DDPM's ᾱ_t; the DDIM paper calls this α_t; diffusers: alphas_cumprod)
+    alpha_bar      ᾱ_t = ∏_{s≤t} α_s DDPM's ᾱ_t. The DDIM paper writes α_t for this same product (mind the
+                                     trap); diffusers calls it alphas_cumprod. We write alpha_bar everywhere.
+    alpha_bar_prev ᾱ_{t_prev}        the DDIM paper's α_{t−1}, or α_{τ_{i−1}} when skipping steps
+    final_alpha_cumprod              ᾱ at t_prev = −1, past the last step: 1.0, or ᾱ_0 for DDIM with
+                                     set_alpha_to_one=False
     T              num_train_timesteps
     S              num_inference_steps, the length of `.timesteps`
-    t, t_prev      a timestep and the one the sampler steps to; t_prev = −1 after the last step
-    final_alpha    ᾱ at t_prev = −1: 1.0, or ᾱ_0 for DDIM with set_alpha_to_one=False
+    t, t_prev      a timestep and the one the sampler steps to (the next entry of `.timesteps`, −1 after
+                   the last)
+    x_t, x_prev    x_t and x_{t_prev} (the paper's x_{t−1}, or x_{τ_{i−1}})
+    eps            ε_θ(x_t, t), the model's noise prediction
+    noise          ε_t ~ N(0, I) (DDPM's z), fresh noise added when σ_t > 0; kept apart from eps
+    x0_pred        x̂_0 = f_θ(x_t), the "predicted x_0" (DDIM Eq. 9)
+    dir_xt         √(1 − ᾱ_prev − σ_t²) · ε_θ, the "direction pointing to x_t" (DDIM Eq. 12)
+    sigma, eta     σ_t, the standard deviation of the added noise; DDIM's σ_t(η) of Eq. 16, where η = 0 is
+                   DDIM and η = 1 is DDPM's posterior variance
+    beta_t         β_t = 1 − ᾱ_t/ᾱ_prev, the β of the whole jump t -> t_prev (one step's β without skipping)
+    beta_tilde     β̃_t = (1 − ᾱ_prev)/(1 − ᾱ_t) · β_t, DDPM's posterior variance (DDPM Eq. 7)
 
 All schedule math is float64 NumPy on the host; a step only ever sees Python floats.
 

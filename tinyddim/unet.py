@@ -13,58 +13,10 @@ blocks DownBlock2D, AttnDownBlock2D, UNetMidBlock2D, UpBlock2D, AttnUpBlock2D wi
 embeddings. Anything else raises an error that names it.
 """
 
-from .backend import get_array_module, to_device
-from .config import build_config
+from .backend import device_of, get_array_module, to_device
 from .nn import attention, conv2d, group_norm, linear, silu, timestep_embedding, upsample_nearest
 from .parallel import batch_parallel
-
-# diffusers' UNet2DModel defaults: a key missing from an old config.json takes these values.
-# Note: a missing attention_head_dim means 8; an explicit null means one head as wide as the channels.
-DEFAULTS = dict(
-    sample_size=None, in_channels=3, out_channels=3, center_input_sample=False,
-    time_embedding_type="positional", time_embedding_dim=None, freq_shift=0, flip_sin_to_cos=True,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    mid_block_type="UNetMidBlock2D",
-    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(224, 448, 672, 896), layers_per_block=2, mid_block_scale_factor=1,
-    downsample_padding=1, downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu",
-    attention_head_dim=8, norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5,
-    resnet_time_scale_shift="default", add_attention=True, class_embed_type=None, num_class_embeds=None,
-    num_train_timesteps=None,
-)
-CHOICES = dict(
-    time_embedding_type=["positional"], mid_block_type=["UNetMidBlock2D", None], downsample_type=["conv"],
-    upsample_type=["conv"], act_fn=["silu", "swish"], resnet_time_scale_shift=["default", "scale_shift"],
-    class_embed_type=[None], num_class_embeds=[None],
-)
-DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
-UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
-
-
-def unet_config(given):
-    """A checked UNet2DModel config: diffusers' defaults filled in, unsupported options named."""
-    config = build_config(DEFAULTS, given, CHOICES, owner="UNet2DModel config")
-    for key, allowed in (("down_block_types", DOWN_BLOCKS), ("up_block_types", UP_BLOCKS)):
-        for block_type in config[key]:
-            if block_type not in allowed:
-                raise ValueError(f"UNet2DModel config: unsupported block type {block_type!r} in {key}; "
-                                 f"supported: {list(allowed)}")
-    levels = len(config.block_out_channels)
-    if not len(config.down_block_types) == len(config.up_block_types) == levels:
-        raise ValueError("UNet2DModel config: down_block_types, up_block_types and block_out_channels "
-                         "must have the same length")
-    for channels in config.block_out_channels:
-        if channels % config.norm_num_groups or channels % _head_dim(config, channels):
-            raise ValueError(f"UNet2DModel config: {channels} channels do not split into norm_num_groups="
-                             f"{config.norm_num_groups} groups and heads of attention_head_dim="
-                             f"{config.attention_head_dim}")
-    return config
-
-
-def _head_dim(config, channels):
-    """Width of one attention head; null means a single head as wide as the channels."""
-    return config.attention_head_dim or channels
-
+from .weights import head_dim, load_unet, map_tree
 
 # ---- the forward pass ---------------------------------------------------------------------------
 
@@ -143,7 +95,7 @@ def unet_forward(params, config, sample, timestep):
         for i, resnet in enumerate(block["resnets"]):
             h = resnet_block(resnet, h, temb, config)
             if block_type == "AttnDownBlock2D":
-                h = attention_block(block["attentions"][i], h, _head_dim(config, channels), groups, eps)
+                h = attention_block(block["attentions"][i], h, head_dim(config, channels), groups, eps)
             skips.append(h)
         if "downsamplers" in block:
             h = downsample(block["downsamplers"][0], h, config.downsample_padding)
@@ -155,7 +107,7 @@ def unet_forward(params, config, sample, timestep):
         h = resnet_block(mid["resnets"][0], h, temb, config, scale)
         for i, resnet in enumerate(mid["resnets"][1:]):
             if config.add_attention:
-                h = attention_block(mid["attentions"][i], h, _head_dim(config, h.shape[1]),
+                h = attention_block(mid["attentions"][i], h, head_dim(config, h.shape[1]),
                                     config.attn_norm_num_groups or groups, eps, scale)
             h = resnet_block(resnet, h, temb, config, scale)
 
@@ -166,7 +118,7 @@ def unet_forward(params, config, sample, timestep):
             h = xp.concatenate([h, skips.pop()], axis=1)  # (B, C, H, W) + (B, C', H, W) -> (B, C+C', H, W)
             h = resnet_block(resnet, h, temb, config)
             if block_type == "AttnUpBlock2D":
-                h = attention_block(block["attentions"][i], h, _head_dim(config, channels), groups, eps)
+                h = attention_block(block["attentions"][i], h, head_dim(config, channels), groups, eps)
         if "upsamplers" in block:
             h = upsample(block["upsamplers"][0], h)
 
@@ -203,69 +155,6 @@ def check_input(config, sample):
                          f"{len(config.block_out_channels) - 1} times: both sides must be multiples of {factor}")
 
 
-# ---- the expected weights -----------------------------------------------------------------------
-
-
-def param_shapes(config):
-    """{state-dict key: shape} that a checkpoint of this config must hold (as diffusers builds it)."""
-    shapes = {}
-    channels, temb_dim = config.block_out_channels, config.time_embedding_dim or config.block_out_channels[0] * 4
-
-    def add(name, out_dim, in_dim=None, kernel=None):
-        shapes[f"{name}.weight"] = ((out_dim,) if in_dim is None else (out_dim, in_dim)) + (kernel or ())
-        shapes[f"{name}.bias"] = (out_dim,)
-
-    def resnet(name, c_in, c_out):
-        add(f"{name}.norm1", c_in)
-        add(f"{name}.conv1", c_out, c_in, (3, 3))
-        add(f"{name}.time_emb_proj", c_out * (2 if config.resnet_time_scale_shift == "scale_shift" else 1),
-            temb_dim)
-        add(f"{name}.norm2", c_out)
-        add(f"{name}.conv2", c_out, c_out, (3, 3))
-        if c_in != c_out:
-            add(f"{name}.conv_shortcut", c_out, c_in, (1, 1))
-
-    def attn(name, c, norm=True):
-        if norm:
-            add(f"{name}.group_norm", c)
-        for part in ("to_q", "to_k", "to_v", "to_out.0"):
-            add(f"{name}.{part}", c, c)
-
-    add("conv_in", channels[0], config.in_channels, (3, 3))
-    add("time_embedding.linear_1", temb_dim, channels[0])
-    add("time_embedding.linear_2", temb_dim, temb_dim)
-    c_out = channels[0]
-    for i, block_type in enumerate(config.down_block_types):
-        c_in, c_out = c_out, channels[i]
-        for j in range(config.layers_per_block):
-            resnet(f"down_blocks.{i}.resnets.{j}", c_in if j == 0 else c_out, c_out)
-            if block_type == "AttnDownBlock2D":
-                attn(f"down_blocks.{i}.attentions.{j}", c_out)
-        if i < len(channels) - 1:
-            add(f"down_blocks.{i}.downsamplers.0.conv", c_out, c_out, (3, 3))
-    if config.mid_block_type is not None:
-        resnet("mid_block.resnets.0", channels[-1], channels[-1])
-        resnet("mid_block.resnets.1", channels[-1], channels[-1])
-        if config.add_attention:
-            norm = config.attn_norm_num_groups is not None or config.resnet_time_scale_shift == "default"
-            attn("mid_block.attentions.0", channels[-1], norm)
-    reversed_channels = channels[::-1]
-    c_out = reversed_channels[0]
-    for i, block_type in enumerate(config.up_block_types):
-        c_prev, c_out = c_out, reversed_channels[i]
-        c_skip_in = reversed_channels[min(i + 1, len(channels) - 1)]
-        for j in range(config.layers_per_block + 1):
-            c_skip = c_skip_in if j == config.layers_per_block else c_out
-            resnet(f"up_blocks.{i}.resnets.{j}", (c_prev if j == 0 else c_out) + c_skip, c_out)
-            if block_type == "AttnUpBlock2D":
-                attn(f"up_blocks.{i}.attentions.{j}", c_out)
-        if i < len(channels) - 1:
-            add(f"up_blocks.{i}.upsamplers.0.conv", c_out, c_out, (3, 3))
-    add("conv_norm_out", channels[0])
-    add("conv_out", config.out_channels, channels[0], (3, 3))
-    return shapes
-
-
 # ---- the model object ---------------------------------------------------------------------------
 
 
@@ -283,8 +172,6 @@ class UNet2DModel:
     @classmethod
     def from_pretrained(cls, path, subfolder=None, device="cpu"):
         """Load a diffusers folder (flat, or with `unet/`), a converted `.safetensors`, or a hub id."""
-        from .weights import load_unet
-
         config, params = load_unet(path, subfolder=subfolder, device=device)
         return cls(config, params)
 
@@ -296,14 +183,10 @@ class UNet2DModel:
 
     def to(self, device):
         """This model with its weights on `device` ("cpu" or "cuda")."""
-        from .weights import map_tree
-
         return UNet2DModel(self.config, map_tree(lambda w: to_device(w, device), self.params))
 
     @property
     def device(self):
-        from .backend import device_of
-
         return device_of(self.params["conv_in"]["weight"])
 
     @property

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from .ddim import ddim_sigma
-from .pipelines import pil_to_numpy, to_images
+from .images import pil_to_numpy, to_images
 from .schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas, make_timesteps
 
 

@@ -1,0 +1,229 @@
+"""The speed-ups of `nn.py`: the same ops, computed faster on the CPU; each tested against its plain op.
+
+`nn.conv2d` and `nn.silu` hand off to this module in one line when it applies (`applies`: on the CPU
+always; on a GPU when one im2col buffer would be too large). What each trick buys, and where:
+
+    blocked im2col      the im2col product in blocks of output positions that fit a few MB: the buffer
+                        stays in cache and memory stays flat at 256x256; several small images in one wide
+                        product (the 8x8 and 4x4 levels)
+    _conv_few_outputs   kh·kw·O ≤ C (conv_out to 1 or 3 channels): one product applies every tap, then
+                        kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
+    conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
+                        output block instead of 36 (the bulk of the UNet's FLOPs)
+    silu_inplace        SiLU over a buffer the caller owns, one example at a time: no second full-size array
+
+`benchmarks/profile_forward.py` shows the time of each; `benchmarks/README.md` the measured speed.
+"""
+
+import threading
+import weakref
+
+import numpy as np
+
+from .backend import get_array_module
+
+
+def applies(x, weight, stride=1):
+    """Whether `nn.conv2d` hands off here: on the CPU always; on a GPU when the plain im2col buffer
+    (C·kh·kw by B·H'·W' floats) would exceed the GPU block budget."""
+    xp = get_array_module(x)
+    if xp is np:
+        return True
+    batch, _, height, width = x.shape
+    return weight[0].size * batch * (height // stride) * (width // stride) > _im2col_budget(xp)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """`nn.conv2d`, fast: Winograd for 3x3 convs on the CPU, multiply-then-shift for few output channels,
+    else the im2col product in cache-sized blocks of output positions (whole images, or bands of rows)."""
+    xp = get_array_module(x)
+    if xp is np and _winograd_applies(x, weight, stride, padding):
+        return conv3x3_winograd(x, weight, bias)
+    top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
+    if top or bottom or left or right:
+        x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    if stride == 1 and 1 < kh * kw and kh * kw * out_channels <= channels:
+        return _conv_few_outputs(x, weight, bias)
+    out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
+    kernel = weight.reshape(out_channels, -1)  # (O, C, kh, kw) -> (O, C·kh·kw)
+    y = xp.empty((batch, out_channels, out_h * out_w), dtype=x.dtype)
+    for images, rows in _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp)):
+        cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (C·kh·kw, n·rows·W')
+        target = y[images, :, rows.start * out_w : rows.stop * out_w]  # (n, O, rows·W') view
+        if len(target) == 1:
+            xp.matmul(kernel, cols, out=target[0])
+        else:  # several small images in one product: (O, n·H'W') -> (n, O, H'W')
+            target[...] = (kernel @ cols).reshape(out_channels, len(target), -1).transpose(1, 0, 2)
+    if bias is not None:
+        y += bias[:, None]
+    return y.reshape(batch, out_channels, out_h, out_w)  # (B, O, H'W') -> (B, O, H', W')
+
+
+def _im2col_budget(xp):
+    """Floats in one im2col buffer: a few MB on the CPU (cache-sized); large on a GPU (fewer launches)."""
+    return 1 << 20 if xp is np else 1 << 27
+
+
+def _blocks(batch, out_h, floats_per_row, budget):
+    """(images, rows) slices that cover the output, each needing at most ~`budget` im2col floats."""
+    rows_per_block = max(1, budget // floats_per_row)
+    if rows_per_block >= out_h:  # whole images fit: take several at once
+        step = rows_per_block // out_h
+        return [(slice(b, min(b + step, batch)), slice(0, out_h)) for b in range(0, batch, step)]
+    bands = -(-out_h // rows_per_block)
+    rows_per_block = -(-out_h // bands)  # bands of equal height
+    return [(slice(b, b + 1), slice(r, min(r + rows_per_block, out_h)))
+            for b in range(batch) for r in range(0, out_h, rows_per_block)]
+
+
+def _im2col(x, kh, kw, stride, rows, out_w):
+    """The kh·kw shifted (strided) views of x (n, C, H, W) for output `rows`, as columns (C·kh·kw, n·rows·W'):
+    one matrix product then covers all n images (a wide product, even for 4x4 images)."""
+    n, channels = x.shape[:2]
+    count = rows.stop - rows.start
+    if kh == kw == 1 and stride == 1 and n == 1:
+        return x[0, :, rows].reshape(channels, count * out_w)  # (1, C, rows, W) -> (C, rows·W)
+    cols = get_array_module(x).empty((channels, kh, kw, n, count, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            top = rows.start * stride + i
+            view = x[:, :, top : top + stride * count : stride, j : j + stride * out_w : stride]
+            cols[:, i, j] = view.transpose(1, 0, 2, 3)  # (n, C, rows, W') -> (C, n, rows, W')
+    return cols.reshape(channels * kh * kw, n * count * out_w)  # (C, kh, kw, n, rows, W') -> (C·kh·kw, n·rows·W')
+
+
+def _conv_few_outputs(x, weight, bias=None):
+    """Stride-1 conv2d of a padded x when kh·kw·O ≤ C: multiply first, then shift and add.
+
+    One matrix product applies every kernel tap (i, j) to every position, z_ij = W[:, :, i, j] x, and the
+    output is Σ_ij z_ij shifted by (i, j). z is no larger than x, where im2col would copy x kh·kw times.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    out_h, out_w = height - kh + 1, width - kw + 1
+    taps = weight.transpose(2, 3, 0, 1).reshape(kh * kw * out_channels, channels)  # (O, C, kh, kw) -> (kh·kw·O, C)
+    z = taps @ x.reshape(batch, channels, height * width)  # (kh·kw·O, C) @ (B, C, HW) -> (B, kh·kw·O, HW)
+    z = z.reshape(batch, kh, kw, out_channels, height, width)
+    y = z[:, 0, 0, :, :out_h, :out_w].copy()
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                y += z[:, i, j, :, i : i + out_h, j : j + out_w]
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
+
+
+def silu_inplace(x):
+    """`nn.silu` overwriting x (a buffer the caller owns): on the CPU one example at a time, so that no
+    second full-size array is ever held; on a GPU all at once (fewer kernel launches)."""
+    xp = get_array_module(x)
+    for chunk in (x if xp is np else [x]):  # views into x
+        denominator = xp.exp(-chunk)
+        denominator += 1
+        chunk /= denominator
+    return x
+
+
+# ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
+#
+# Each 2x2 block of a 3x3 convolution's output depends on a 4x4 tile d of the input (tiles overlap by 2).
+# Winograd's minimal filtering (Lavin & Gray 2016, arXiv 1509.09308) computes it with 16 products per
+# (input, output) channel pair instead of 36:
+#
+#     Y = Aᵀ [ Σ_c (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+#
+# The sum over input channels c of the 16 elementwise products is 16 matrix products (O, C) @ (C, tiles);
+# the transforms Bᵀ·B and Aᵀ·A are additions of strided views.
+
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
+WINOGRAD_TILES = 128  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
+_winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
+_winograd_lock = threading.Lock()
+
+
+def _winograd_applies(x, weight, stride, padding):
+    """3x3, stride 1, padding 1, even sides of 16+ pixels (where the FLOPs are), 16 to 256x256 channels:
+    each transformed kernel is kept, at 16/9 of its weight's size, so the cache stays small; below 16
+    channels the transforms cost more than the products they save."""
+    height, width = x.shape[2:]
+    return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
+        and min(height, width) >= 16 and min(weight.shape[:2]) >= 16 and weight.shape[0] * weight.shape[1] <= 256 * 256
+
+
+def winograd_kernel(weight):
+    """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C); computed once per weight
+    (under a lock: threads sharing a batch out do not each compute it)."""
+    with _winograd_lock:
+        cached = _winograd_kernels.get(id(weight))
+        if cached is not None and cached[0]() is weight:
+            return cached[1]
+        kernel = np.einsum("ai,ocij,bj->aboc", WINOGRAD_G, weight, WINOGRAD_G)  # (4, 4, O, C)
+        kernel = np.ascontiguousarray(kernel.reshape(16, *weight.shape[:2]), dtype=np.float32)
+        forget = weakref.ref(weight, lambda _, key=id(weight): _winograd_kernels.pop(key, None))
+        _winograd_kernels[id(weight)] = (forget, kernel)
+        return kernel
+
+
+def conv3x3_winograd(x, weight, bias=None):
+    """conv2d(x, weight, bias, padding=1) for 3x3 kernels and even H, W, by Winograd F(2x2, 3x3)."""
+    batch, channels, height, width = x.shape
+    kernel = winograd_kernel(weight)  # (16, O, C)
+    y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
+    for images, rows in _blocks(batch, height // 2, width // 2, WINOGRAD_TILES):  # rows of 2x2 output blocks
+        n, count = images.stop - images.start, rows.stop - rows.start
+        tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
+        _input_transform(_padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1), tiles)
+        products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
+        out = y[images, :, 2 * rows.start : 2 * rows.stop].transpose(1, 0, 2, 3)  # (O, n, 2·count, W) view
+        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out)
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
+
+
+def _padded_rows(x, top, bottom):
+    """Rows top..bottom−1 of x (n, C, H, W) zero-padded by one pixel on every side, (n, C, bottom−top, W+2);
+    top = −1 and bottom = H + 1 are the padding rows. Padding block by block keeps no padded copy of x."""
+    n, channels, height, width = x.shape
+    out = np.empty((n, channels, bottom - top, width + 2), dtype=x.dtype)
+    first, last = max(top, 0), min(bottom, height)
+    out[:, :, first - top : last - top, 1:-1] = x[:, :, first:last]
+    out[:, :, :, 0] = out[:, :, :, -1] = 0
+    out[:, :, : first - top] = 0
+    out[:, :, last - top :] = 0
+    return out
+
+
+def _input_transform(x, out):
+    """out[a, b] = (Bᵀ d B)[a, b] for the 4x4 tiles d of x (n, C, 2t+2, 2s+2); out is (4, 4, C, n, t, s)."""
+    tile_rows, tile_cols = out.shape[-2:]
+    d = [x[:, :, i : i + 2 * tile_rows : 2] for i in range(4)]  # row i of every tile: (n, C, t, 2s+2)
+    rows = np.empty((4,) + d[0].shape, dtype=x.dtype)  # Bᵀ d, rows a = 0..3: (4, n, C, t, 2s+2)
+    np.subtract(d[0], d[2], out=rows[0])
+    np.add(d[1], d[2], out=rows[1])
+    np.subtract(d[2], d[1], out=rows[2])
+    np.subtract(d[1], d[3], out=rows[3])
+    c = [rows[..., j : j + 2 * tile_cols : 2] for j in range(4)]  # column j of every row: (4, n, C, t, s)
+    targets = out.transpose(1, 0, 3, 2, 4, 5)  # (4a, 4b, C, n, t, s) -> (4b, 4a, n, C, t, s) view
+    np.subtract(c[0], c[2], out=targets[0])  # (Bᵀ d) B, all four rows a at once
+    np.add(c[1], c[2], out=targets[1])
+    np.subtract(c[2], c[1], out=targets[2])
+    np.subtract(c[1], c[3], out=targets[3])
+
+
+def _output_transform(m, out):
+    """out (O, n, 2t, 2s) = Aᵀ m A over the 4x4 products m (4, 4, O, n, t, s) of every tile."""
+    sums = np.empty((2,) + m.shape[1:], dtype=m.dtype)  # Aᵀ m, rows p = 0, 1: (2, 4, O, n, t, s)
+    np.add(m[0], m[1], out=sums[0])
+    sums[0] += m[2]
+    np.subtract(m[1], m[2], out=sums[1])
+    sums[1] -= m[3]
+    for p, row in enumerate(sums):  # row: (4, O, n, t, s), one per column b
+        even, odd = out[:, :, p::2, 0::2], out[:, :, p::2, 1::2]  # (Aᵀ m) A
+        np.add(row[0], row[1], out=even)
+        even += row[2]
+        np.subtract(row[1], row[2], out=odd)
+        odd -= row[3]
