@@ -89,7 +89,8 @@ class _Pipeline:
 
 
 def check_call(num_inference_steps, output_type, eta=0.0, timesteps=None):
-    if timesteps is None and not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+    ok_steps = isinstance(num_inference_steps, (int, np.integer)) and num_inference_steps >= 1
+    if timesteps is None and not ok_steps:  # with a custom list, num_inference_steps is not used
         raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
