@@ -207,6 +207,8 @@ def test_diffusers_ddim_steps_to_t_minus_T_over_S_instead_of_the_next_timestep(
 
 
 # ---- custom timesteps against the DDIM authors' sampler ---------------------------------------------
+# diffusers 0.42's DDIMScheduler.set_timesteps takes no `timesteps` (its DDPMScheduler does: test_ddpm.py),
+# so the reference for DDIM over a custom list is the authors' own sampler.
 
 def authors_generalized_steps(x, seq, model, betas, eta, noises):
     """The DDIM authors' sampler (ermongroup/ddim, functions/denoising.py, generalized_steps) in float64
