@@ -38,6 +38,17 @@ def test_sample_returns_pil_digits_by_default_and_a_trajectory_when_asked():
     assert images.shape == (2, 16, 16, 1) and trajectory.x_t.shape == (3, 2, 1, 16, 16)
 
 
+def test_sample_over_quadratic_timesteps_is_the_bundled_pipeline_over_them():
+    timesteps = tinyddim.quadratic_timesteps(10)
+    images, trajectory = tinyddim.sample(batch_size=2, generator=0, timesteps=timesteps, output_type="np",
+                                         return_trajectory=True, progress=False)
+    pipe = tinyddim.default_pipeline()
+    expected = pipe(batch_size=2, generator=0, timesteps=timesteps, output_type="np", progress=False).images
+    assert np.array_equal(images, expected) and trajectory.timesteps.tolist() == timesteps.tolist()
+    leading = tinyddim.sample(batch_size=2, generator=0, num_inference_steps=10, output_type="np", progress=False)
+    assert not np.array_equal(images, leading)
+
+
 def test_cli_sample_writes_a_valid_png_in_a_temp_dir(tmp_path):
     out = tmp_path / "samples.png"
     done = subprocess.run([sys.executable, "-m", "tinyddim", "sample", "-n", "4", "--steps", "3", "-o", str(out)],

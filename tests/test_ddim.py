@@ -206,6 +206,51 @@ def test_diffusers_ddim_steps_to_t_minus_T_over_S_instead_of_the_next_timestep(
     assert np.abs(a - b).max() > min_diff
 
 
+# ---- custom timesteps against the DDIM authors' sampler ---------------------------------------------
+# diffusers 0.42's DDIMScheduler.set_timesteps takes no `timesteps` (its DDPMScheduler does: test_ddpm.py),
+# so the reference for DDIM over a custom list is the authors' own sampler.
+
+def authors_generalized_steps(x, seq, model, betas, eta, noises):
+    """The DDIM authors' sampler (ermongroup/ddim, functions/denoising.py, generalized_steps) in float64
+    NumPy: seq increasing, seq_next = [-1] + seq[:-1], ᾱ(t) = ∏_{s≤t} (1 − β_s) with ᾱ(−1) = 1, and one
+    noise draw per step (`noises`, in step order)."""
+    alpha = np.cumprod(1 - np.concatenate([[0.0], betas]))  # alpha[t + 1] = ᾱ(t)
+    seq_next = [-1] + list(seq[:-1])
+    for (i, j), noise in zip(zip(reversed(seq), reversed(seq_next)), noises):
+        at, at_next = alpha[i + 1], alpha[j + 1]
+        et = model(x, i)
+        x0_t = (x - et * np.sqrt(1 - at)) / np.sqrt(at)
+        c1 = eta * np.sqrt((1 - at / at_next) * (1 - at_next) / (1 - at))
+        c2 = np.sqrt((1 - at_next) - c1**2)
+        x = np.sqrt(at_next) * x0_t + c1 * noise + c2 * et
+    return x
+
+
+@pytest.mark.parametrize("S", [10, 50, 100])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_over_quadratic_timesteps_is_the_authors_quad_sampler_whose_repeats_are_no_ops(S, eta):
+    from tinyddim.schedules import quadratic_timesteps
+
+    seq = [int(s) for s in np.linspace(0, np.sqrt(1000 * 0.8), S) ** 2]  # the authors' "quad" seq, repeats kept
+    pairs = list(zip(reversed(seq), reversed([-1] + seq[:-1])))
+    rng = np.random.default_rng(0)
+    x_T = rng.standard_normal(SHAPE)
+    noises = rng.standard_normal((len(pairs),) + SHAPE)
+
+    def model(x, t):
+        return np.tanh(x) * (t + 1) / 1000 + 0.1 * x
+
+    scheduler = DDIMScheduler(clip_sample=False)          # the authors' generalized_steps does not clip
+    scheduler.set_timesteps(timesteps=quadratic_timesteps(S))
+    ours_noises = iter([noise for (i, j), noise in zip(pairs, noises) if i != j])  # a repeat's σ_t is 0
+    x = x_T
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, eta=eta, variance_noise=next(ours_noises)).prev_sample
+    theirs = authors_generalized_steps(x_T, seq, model, scheduler.betas, eta, noises)
+    assert len(scheduler.timesteps) == len(set(seq)) and (len(set(seq)) < len(seq)) == (S >= 30)
+    assert rel_err(x, theirs) < 1e-13  # measured: 0 at η = 0, ≤ 1.5e-15 at η = 1
+
+
 # ---- scheduler behaviour ------------------------------------------------------------------------------
 
 def test_ddim_step_returns_pred_epsilon_and_a_tuple_without_return_dict():

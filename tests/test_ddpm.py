@@ -12,6 +12,7 @@ import torch
 import diffusers
 
 from tinyddim.ddpm import DDPMScheduler, DDPMSchedulerOutput, ddpm_beta_tilde, ddpm_step
+from tinyddim.schedules import quadratic_timesteps
 
 SHAPE = (2, 3, 8, 8)  # (B, C, H, W)
 TOL = 2e-5
@@ -33,12 +34,18 @@ def model_output_for(variance_type, rng, dtype):
     return out.astype(dtype)
 
 
-def err_vs_diffusers(S=None, timesteps=None, seed=0, exact=False, **config):
-    """The worst error over the visited steps (all of `.timesteps`, or the listed ones)."""
+def err_vs_diffusers(S=None, timesteps=None, seed=0, exact=False, custom=None, **config):
+    """The worst error over the visited steps (all of `.timesteps`, or the listed ones).
+
+    custom: a list given to both as set_timesteps(timesteps=custom) instead of S.
+    """
     ours, ref = DDPMScheduler(**config), diffusers.DDPMScheduler(**config)
     if S is not None:
         ours.set_timesteps(S)
         ref.set_timesteps(S)
+    if custom is not None:
+        ours.set_timesteps(timesteps=custom)
+        ref.set_timesteps(timesteps=custom)
     np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
     dtype = np.float64 if exact else np.float32
     if exact:  # diffusers with our float64 ᾱ: only the logic can differ
@@ -142,6 +149,19 @@ def test_ddpm_float32_step_at_small_t_stays_closer_to_float64_than_diffusers():
 def test_ddpm_step_matches_diffusers_exactly_given_the_same_float64_alpha_bar(case):
     S, config = CASES[case]
     assert err_vs_diffusers(S, None if S else ALL_STEPS_SAMPLE, exact=True, **config) < 1e-12
+
+
+CUSTOM = {"diffusers-test": [100, 87, 50, 1, 0], "quadratic-20": quadratic_timesteps(20).tolist(),
+          "ends-at-3": [999, 500, 3]}
+
+
+@pytest.mark.parametrize("custom", CUSTOM)
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
+def test_ddpm_custom_timesteps_match_diffusers_custom_timesteps(custom, variance_type):
+    """diffusers' DDPMScheduler.set_timesteps(timesteps=...) steps to the next entry (−1 after the last), as ours."""
+    assert err_vs_diffusers(custom=CUSTOM[custom], exact=True, variance_type=variance_type) < 1e-12  # ≤ 3.1e-15
+    worst = err_vs_diffusers(custom=[t for t in CUSTOM[custom] if t >= 50], variance_type=variance_type)
+    assert worst < TOL  # ≤ 4.8e-6; float32, without the small t where diffusers' float32 β_t cancels (above)
 
 
 def test_fixed_large_log_uses_sqrt_beta_where_diffusers_returns_nan():

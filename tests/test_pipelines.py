@@ -5,7 +5,8 @@ import pytest
 
 import strict  # noqa: F401  (registers the "strict" device)
 from models import diffusers_unet, diffusers_unet_from_file, save_pipeline_folder
-from tinyddim import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, ImagePipelineOutput, UNet2DModel
+from tinyddim import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, ImagePipelineOutput, UNet2DModel,
+                      quadratic_timesteps, to_images)
 from tinyddim.cli import main as cli
 
 
@@ -164,6 +165,48 @@ def test_cuda_without_cupy_says_to_install_the_gpu_extra(folder, monkeypatch):
         UNet2DModel.from_pretrained(folder, device="cuda")
 
 
+# ---- custom timesteps --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_pipeline_over_quadratic_timesteps_is_the_loop_over_the_scheduler(pipe, eta):
+    timesteps = quadratic_timesteps(10)
+    latents = latents_for(2)
+    out = pipe(batch_size=2, latents=latents, eta=eta, generator=3, timesteps=timesteps, num_inference_steps=7,
+               output_type="np", return_trajectory=True)                  # num_inference_steps is ignored
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(timesteps=timesteps)
+    rng, x_t = np.random.default_rng(3), latents
+    for t in scheduler.timesteps:
+        x_t = scheduler.step(pipe.unet(x_t, t), t, x_t, eta=eta, generator=rng).prev_sample
+    assert np.array_equal(out.images, to_images(x_t, "np"))
+    assert out.trajectory.timesteps.tolist() == timesteps.tolist() and len(out.trajectory.x_t) == 11
+
+
+def test_ddpm_pipeline_over_custom_timesteps_is_the_loop_over_the_scheduler(folder):
+    timesteps = [900, 400, 120, 30, 0]
+    pipe = DDPMPipeline.from_pretrained(folder)
+    latents = latents_for(2)
+    images = pipe(batch_size=2, latents=latents, generator=5, timesteps=timesteps, output_type="np",
+                  progress=False).images
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(timesteps=timesteps)
+    rng, x_t = np.random.default_rng(5), latents
+    for t in scheduler.timesteps:
+        x_t = scheduler.step(pipe.unet(x_t, t), t, x_t, generator=rng).prev_sample
+    assert np.array_equal(images, to_images(x_t, "np"))
+
+
+def test_pipelines_given_the_built_in_list_as_timesteps_give_the_same_images(pipe, folder):
+    pipe.scheduler.set_timesteps(20)
+    listed = pipe.scheduler.timesteps.tolist()
+    a = pipe(batch_size=2, generator=1, eta=1.0, num_inference_steps=20, output_type="np").images
+    b = pipe(batch_size=2, generator=1, eta=1.0, timesteps=listed, output_type="np").images
+    ddpm = DDPMPipeline.from_pretrained(folder)
+    c = ddpm(batch_size=2, generator=1, num_inference_steps=20, output_type="np", progress=False).images
+    d = ddpm(batch_size=2, generator=1, timesteps=listed, output_type="np", progress=False).images
+    assert np.array_equal(a, b) and np.array_equal(c, d) and not np.array_equal(a, c)
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(num_inference_steps=0), ValueError, "num_inference_steps"),
     (dict(eta=-0.1), ValueError, "eta"),
@@ -176,6 +219,8 @@ def test_cuda_without_cupy_says_to_install_the_gpu_extra(folder, monkeypatch):
     (dict(latents=np.full((1, 1, 16, 16), np.nan, np.float32)), ValueError, "NaN"),
     (dict(generator="seed"), TypeError, "generator"),
     (dict(num_inference_steps=1001), ValueError, "num_inference_steps"),
+    (dict(timesteps=[5, 9]), ValueError, "strictly descending"),
+    (dict(timesteps=[1000, 9]), ValueError, "timestep 1000 is outside"),
 ])
 def test_bad_pipeline_arguments_are_named(pipe, kwargs, error, message):
     with pytest.raises(error, match=message):

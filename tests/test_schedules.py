@@ -10,7 +10,7 @@ import diffusers
 from tinyddim.config import Config
 from tinyddim.ddim import DDIMScheduler
 from tinyddim.ddpm import DDPMScheduler
-from tinyddim.schedules import make_betas, make_timesteps
+from tinyddim.schedules import make_betas, make_timesteps, quadratic_timesteps
 
 SCHEDULES = [
     {"beta_schedule": "linear"},
@@ -107,6 +107,78 @@ def test_previous_timestep_is_the_next_listed_timestep():
     s.set_timesteps(30)
     ts = s.timesteps.tolist()
     assert [s.previous_timestep(t) for t in ts] == ts[1:] + [-1]
+
+
+# ---- custom and quadratic timesteps ------------------------------------------------------------------
+
+def authors_quad_seq(S, T):
+    """The DDIM authors' "quad" seq (ermongroup/ddim, runners/diffusion.py, sample_image), increasing."""
+    seq = np.linspace(0, np.sqrt(T * 0.8), S) ** 2
+    return [int(s) for s in list(seq)]
+
+
+@pytest.mark.parametrize("T,S", [(1000, 2), (1000, 10), (1000, 20), (1000, 29), (1000, 30), (1000, 50),
+                                 (1000, 100), (1000, 1000), (500, 20), (100, 10), (4000, 100)])
+def test_quadratic_timesteps_are_the_authors_quad_seq_reversed_without_repeats(T, S):
+    assert quadratic_timesteps(S, T).tolist() == sorted(set(authors_quad_seq(S, T)), reverse=True)
+    assert quadratic_timesteps(S, T).dtype == np.int64
+
+
+def test_quadratic_timesteps_repeat_small_timesteps_from_s_30_at_t_1000_and_drop_them():
+    assert [len(quadratic_timesteps(S)) for S in (10, 29, 30, 100, 1000)] == [10, 29, 29, 96, 688]
+    assert authors_quad_seq(30, 1000)[:3] == [0, 0, 3] and quadratic_timesteps(30).tolist()[-3:] == [8, 3, 0]
+    assert authors_quad_seq(100, 1000)[:6] == [0, 0, 0, 0, 1, 2]
+    assert quadratic_timesteps(10).tolist() == [800, 632, 483, 355, 246, 158, 88, 39, 9, 0]
+
+
+@pytest.mark.parametrize("S", [10, 50, 30, 61])
+def test_the_authors_uniform_rule_is_leading_spacing_when_s_divides_t_and_has_more_entries_otherwise(S):
+    seq = list(range(0, 1000, 1000 // S))  # skip_type "uniform" in the authors' sample_image
+    assert make_timesteps(1000, S, "leading").tolist() == sorted(seq[:S], reverse=True)
+    assert (len(seq) == S) == (1000 % S == 0)
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
+@pytest.mark.parametrize("spacing,S", [("leading", 10), ("trailing", 61), ("linspace", 50)])
+def test_a_custom_list_equal_to_a_built_in_spacing_gives_the_very_same_steps(cls, spacing, S):
+    built, custom = cls(timestep_spacing=spacing), cls()
+    built.set_timesteps(S)
+    custom.set_timesteps(timesteps=built.timesteps.tolist())
+    assert custom.timesteps.tolist() == built.timesteps.tolist() and custom.timesteps.dtype == np.int64
+    assert custom.num_inference_steps == S and custom.custom_timesteps and not built.custom_timesteps
+    rng = np.random.default_rng(0)
+    kwargs = {"eta": 1.0} if cls is DDIMScheduler else {}
+    for t in built.timesteps:
+        eps, x, noise = (rng.standard_normal((2, 3, 4, 4), dtype=np.float32) for _ in range(3))
+        a = built.step(eps, t, x, variance_noise=noise, **kwargs).prev_sample
+        b = custom.step(eps, t, x, variance_noise=noise, **kwargs).prev_sample
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("timesteps", [[9, 4, 0], np.array([9, 4, 0], np.int32), torch.tensor([9, 4, 0])],
+                         ids=["list", "numpy", "torch"])
+def test_custom_timesteps_are_taken_from_a_list_an_array_or_a_tensor(timesteps):
+    s = DDIMScheduler(num_train_timesteps=10)
+    s.set_timesteps(timesteps=timesteps)
+    assert s.timesteps.tolist() == [9, 4, 0] and s.timesteps.dtype == np.int64
+    assert [s.previous_timestep(t) for t in (9, 4, 0)] == [4, 0, -1]
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(timesteps=[100, 87, 50, 51, 0]), ValueError, r"strictly descending: entry 3 \(51\) does not come below"),
+    (dict(timesteps=[5, 5]), ValueError, "strictly descending"),
+    (dict(num_inference_steps=5, timesteps=[100, 0]), ValueError, "exactly one of .* got both"),
+    (dict(), ValueError, "exactly one of num_inference_steps or timesteps, got neither"),
+    (dict(timesteps=[1000, 3]), ValueError, "timestep 1000 is outside 0 … 999"),
+    (dict(timesteps=[3, -1]), ValueError, "timestep -1 is outside 0 … 999"),
+    (dict(timesteps=[]), ValueError, "non-empty 1-D"),
+    (dict(timesteps=[[3, 1]]), ValueError, "non-empty 1-D"),
+    (dict(timesteps=[3.0, 1.0]), TypeError, "timesteps must be integers, got float64"),
+], ids=["rising", "repeat", "both", "neither", "too-large", "negative", "empty", "2-d", "floats"])
+def test_bad_custom_timesteps_are_named(cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        cls().set_timesteps(**kwargs)
 
 
 # ---- config ------------------------------------------------------------------------------------------

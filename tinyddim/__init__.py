@@ -11,6 +11,7 @@ from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step
 from .pipelines import DDIMPipeline, DDPMPipeline, ImagePipelineOutput, default_pipeline, sample
+from .schedules import quadratic_timesteps
 from .unet import UNet2DModel
 from .explore import slerp
 from .images import as_x0, numpy_to_pil, pil_to_numpy, to_images
@@ -21,5 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DDIMPipeline", "DDIMScheduler", "DDPMPipeline", "DDPMScheduler", "ImagePipelineOutput", "UNet2DModel",
     "as_x0", "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "get_array_module",
-    "image_grid", "numpy_to_pil", "pil_to_numpy", "sample", "slerp", "to_device", "to_images", "to_numpy",
+    "image_grid", "numpy_to_pil", "pil_to_numpy", "quadratic_timesteps", "sample", "slerp", "to_device",
+    "to_images", "to_numpy",
 ]

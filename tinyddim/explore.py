@@ -4,6 +4,10 @@
     slerp, interpolation    Fig. 6: spherical interpolation between two latents, decoded with η = 0
     eta_sweep               Table 1: sample quality against η ∈ {0, 0.5, 1}, σ̂ and the number of steps S
     reconstruction_error    Table 2: encode images with DDIM inversion, decode, per-pixel RMSE against S
+
+`interpolation` takes `timesteps=` (a custom list) as the pipelines do. The helpers that sweep S take
+`timesteps_for=`: a function (S, T) -> timestep list, e.g. `quadratic_timesteps`, used for each S instead
+of the scheduler's spacing (results stay keyed by the S asked for, even if the list is shorter).
 """
 
 import math
@@ -39,21 +43,27 @@ def slerp(z0, z1, alpha):
     return out[0] if np.ndim(alpha) == 0 else out
 
 
-def interpolation(pipe, z0, z1, num=8, num_inference_steps=50, output_type="np"):
+def interpolation(pipe, z0, z1, num=8, num_inference_steps=50, output_type="np", timesteps=None):
     """Images decoded (η = 0) from `num` latents slerped from z0 to z1, each (C, H, W).   (Fig. 6)"""
     latents = slerp(z0, z1, np.linspace(0, 1, num))  # (num, C, H, W)
     return pipe(batch_size=num, latents=latents, eta=0.0, num_inference_steps=num_inference_steps,
-                output_type=output_type, progress=False).images
+                output_type=output_type, progress=False, timesteps=timesteps).images
 
 
-def consistency_images(pipe, latents, steps=(10, 20, 50, 100, 1000)):
+def _timesteps(pipe, S, timesteps_for):
+    """The custom list for S steps, or None (the scheduler's own spacing)."""
+    return None if timesteps_for is None else timesteps_for(S, pipe.scheduler.config.num_train_timesteps)
+
+
+def consistency_images(pipe, latents, steps=(10, 20, 50, 100, 1000), timesteps_for=None):
     """{S: images (B, H, W, C)} from the same x_T `latents` (B, C, H, W) with S DDIM steps.   (Fig. 5)"""
     return {S: pipe(batch_size=len(latents), latents=latents, eta=0.0, num_inference_steps=S,
-                    output_type="np", progress=False).images for S in steps}
+                    output_type="np", progress=False, timesteps=_timesteps(pipe, S, timesteps_for)).images
+            for S in steps}
 
 
 def eta_sweep(pipe, score, etas=(0.0, 0.5, 1.0), steps=(10, 20, 50, 100), batch_size=64, seed=0,
-              sigma_hat=True):
+              sigma_hat=True, timesteps_for=None):
     """{(η or "σ̂", S): score(images)} for images from the same x_T.   (Table 1)
 
     σ̂ is the paper's "larger variance" DDPM, σ̂_t = √(1 − ᾱ_t/ᾱ_prev): the DDPM step with
@@ -63,18 +73,22 @@ def eta_sweep(pipe, score, etas=(0.0, 0.5, 1.0), steps=(10, 20, 50, 100), batch_
     latents = randn(seed, (batch_size,) + pipe.unet.sample_shape)
     table = {}
     for S in steps:
+        timesteps = _timesteps(pipe, S, timesteps_for)
         for eta in etas:
             table[(eta, S)] = score(pipe(batch_size=batch_size, latents=latents, eta=eta, generator=seed + 1,
-                                         num_inference_steps=S, output_type="np", progress=False).images)
+                                         num_inference_steps=S, output_type="np", progress=False,
+                                         timesteps=timesteps).images)
         if sigma_hat:
             ddpm = DDPMPipeline(pipe.unet, DDPMScheduler.from_config(
                 {**pipe.scheduler.config, "variance_type": "fixed_large"}))
             table[("σ̂", S)] = score(ddpm(batch_size=batch_size, latents=latents, generator=seed + 1,
-                                          num_inference_steps=S, output_type="np", progress=False).images)
+                                          num_inference_steps=S, output_type="np", progress=False,
+                                          timesteps=timesteps).images)
     return table
 
 
-def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=False, per_image=False):
+def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=False, per_image=False,
+                         timesteps_for=None):
     """{S: per-pixel RMSE on a [0, 1] scale} of images encoded by DDIM inversion and decoded.   (Table 2)
 
     The decoder is `pipe`'s DDIM with η = 0 and, by default, without clipping x̂_0: the round trip is
@@ -85,9 +99,10 @@ def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=Fals
     target = ((as_x0(images) + 1) / 2).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C), in [0, 1]
     errors = {}
     for S in steps:
-        latents = pipe.invert(images, num_inference_steps=S, progress=False)
+        timesteps = _timesteps(pipe, S, timesteps_for)
+        latents = pipe.invert(images, num_inference_steps=S, progress=False, timesteps=timesteps)
         decoded = decoder(batch_size=len(images), latents=latents, eta=0.0, num_inference_steps=S,
-                          output_type="np", progress=False).images
+                          output_type="np", progress=False, timesteps=timesteps).images
         squared = np.mean((decoded - target) ** 2, axis=(1, 2, 3))  # (B,) mean squared error of each image
         errors[S] = np.sqrt(squared) if per_image else float(np.sqrt(np.mean(squared)))
     return errors

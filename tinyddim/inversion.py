@@ -12,12 +12,15 @@ The model is evaluated at the current timestep, without clipping; the first step
 
 from .backend import to_device
 from .ddim import ddim_step
-from .schedules import x0_and_eps
+from .schedules import set_steps, x0_and_eps
 
 
-def ddim_invert(unet, scheduler, x0, num_inference_steps=50, progress=lambda steps: steps):
-    """Latents x_T such that DDIM sampling with η = 0 and the same steps returns (about) `x0` (B, C, H, W)."""
-    scheduler.set_timesteps(num_inference_steps)
+def ddim_invert(unet, scheduler, x0, num_inference_steps=50, progress=lambda steps: steps, timesteps=None):
+    """Latents x_T such that DDIM sampling with η = 0 and the same steps returns (about) `x0` (B, C, H, W).
+
+    The steps are `timesteps` (a custom descending list) when given, else `num_inference_steps` of them.
+    """
+    set_steps(scheduler, num_inference_steps, timesteps)
     climb = scheduler.timesteps[::-1].tolist()  # increasing: t_1 < t_2 < ... < t_S
     x = to_device(x0, unet.device)
     for t_prev, t in progress(list(zip([-1] + climb[:-1], climb))):

@@ -4,7 +4,7 @@
     images = pipe(batch_size=4, generator=0, num_inference_steps=50, eta=0.0).images
 
 The keywords, defaults and outputs are diffusers' (`ImagePipelineOutput(images)`), plus `latents`
-(a given x_T) and `progress` (turn the progress bar off). `generator` may be None, an int seed or a
+(a given x_T), `timesteps` (a custom list to visit) and `progress` (turn the progress bar off). `generator` may be None, an int seed or a
 `numpy.random.Generator`; the noise is drawn on the host, so a seed gives the same images on any device.
 """
 
@@ -18,6 +18,7 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .images import as_x0, to_images
 from .inversion import ddim_invert
+from .schedules import set_steps
 from .trajectory import Trajectory
 from .unet import UNet2DModel, check_input
 from .weights import read_scheduler_config, resolve
@@ -87,8 +88,9 @@ class _Pipeline:
         return to_device(latents, self.unet.device).astype(np.float32)
 
 
-def check_call(num_inference_steps, output_type, eta=0.0):
-    if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+def check_call(num_inference_steps, output_type, eta=0.0, timesteps=None):
+    ok_steps = isinstance(num_inference_steps, (int, np.integer)) and num_inference_steps >= 1
+    if timesteps is None and not ok_steps:  # with a custom list, num_inference_steps is not used
         raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
@@ -112,16 +114,19 @@ class DDIMPipeline(_Pipeline):
 
     def __call__(self, batch_size=1, generator=None, eta=0.0, num_inference_steps=50,
                  use_clipped_model_output=None, output_type="pil", return_dict=True, latents=None,
-                 callback=None, return_trajectory=False, progress=None):
+                 callback=None, return_trajectory=False, progress=None, timesteps=None):
         """Sample `batch_size` images from x_T ~ N(0, I) (or `latents`) in `num_inference_steps` DDIM steps.
+
+        timesteps: a custom list to visit instead (strictly descending, e.g. `quadratic_timesteps(S)`);
+        `num_inference_steps` is then ignored.
 
         callback(step_index, t, x_t, x0_pred) runs after each step; return_trajectory=True adds a
         `Trajectory` (x_t, x̂_0, ε of every step, on the host) to the output.
         """
-        check_call(num_inference_steps, output_type, eta)
+        check_call(num_inference_steps, output_type, eta, timesteps)
         rng = as_generator(generator)
         x_t = self.initial_latents(batch_size, rng, latents)
-        self.scheduler.set_timesteps(num_inference_steps)
+        set_steps(self.scheduler, num_inference_steps, timesteps)
         trajectory = Trajectory(self.scheduler.timesteps.copy()) if return_trajectory else None
         if trajectory is not None:
             trajectory.record(x_t=x_t)
@@ -137,19 +142,20 @@ class DDIMPipeline(_Pipeline):
         images = to_images(x_t, output_type)
         return _output(images, return_dict, trajectory.stacked() if trajectory is not None else None)
 
-    def invert(self, images, num_inference_steps=50, progress=None):
+    def invert(self, images, num_inference_steps=50, progress=None, timesteps=None):
         """Latents x_T that give `images` back with `pipe(latents=..., eta=0.0)` and the same steps.  (§5.4)
 
         `images`: a list of PIL images, or floats (B, H, W, C) in [0, 1], as the pipeline returns them.
+        `timesteps`: a custom list (decode with the same one); `num_inference_steps` is then ignored.
         The round trip is closest when decoding without clipping x̂_0 (a scheduler with clip_sample=False),
         since inversion does not clip; see `explore.reconstruction_error`.
         """
-        check_call(num_inference_steps, "np")
+        check_call(num_inference_steps, "np", timesteps=timesteps)
         x0 = as_x0(images)
         if x0.shape[1:] != self.unet.sample_shape:
             raise ValueError(f"images are {x0.shape[1:]} (C, H, W); the model makes {self.unet.sample_shape}")
         return ddim_invert(self.unet, self.scheduler, x0, num_inference_steps,
-                           lambda steps: self._progress(steps, progress))
+                           lambda steps: self._progress(steps, progress), timesteps)
 
 
 class DDPMPipeline(_Pipeline):
@@ -158,11 +164,12 @@ class DDPMPipeline(_Pipeline):
     scheduler_class = DDPMScheduler
 
     def __call__(self, batch_size=1, generator=None, num_inference_steps=1000, output_type="pil",
-                 return_dict=True, latents=None, progress=None):
-        check_call(num_inference_steps, output_type)
+                 return_dict=True, latents=None, progress=None, timesteps=None):
+        """Sample with `num_inference_steps` DDPM steps, or over `timesteps` (then S is ignored), as DDIMPipeline."""
+        check_call(num_inference_steps, output_type, timesteps=timesteps)
         rng = as_generator(generator)
         x_t = self.initial_latents(batch_size, rng, latents)
-        self.scheduler.set_timesteps(num_inference_steps)
+        set_steps(self.scheduler, num_inference_steps, timesteps)
         for t in self._progress(self.scheduler.timesteps, progress):
             x_t = self.scheduler.step(self.unet(x_t, t), t, x_t, generator=rng).prev_sample
         return _output(to_images(x_t, output_type), return_dict)
@@ -182,13 +189,15 @@ def default_pipeline(device="cpu"):
 
 
 def sample(batch_size=16, num_inference_steps=50, eta=0.0, generator=None, output_type="pil", model=None,
-           device="cpu", return_trajectory=False, **kwargs):
+           device="cpu", return_trajectory=False, timesteps=None, **kwargs):
     """Sample images with DDIM: from the bundled model, or from `model` (a folder, converted file or hub id).
+
+    timesteps: a custom list such as `quadratic_timesteps(S)`, visited instead of `num_inference_steps`.
 
     Returns what the pipeline's `.images` holds: a list of PIL images, or (B, H, W, C) floats in [0, 1];
     with return_trajectory=True, a pair (images, trajectory). Other keywords go to the pipeline.
     """
     pipe = default_pipeline(device) if model is None else DDIMPipeline.from_pretrained(model, device=device)
     out = pipe(batch_size=batch_size, generator=generator, eta=eta, num_inference_steps=num_inference_steps,
-               output_type=output_type, return_trajectory=return_trajectory, **kwargs)
+               output_type=output_type, return_trajectory=return_trajectory, timesteps=timesteps, **kwargs)
     return (out.images, out.trajectory) if return_trajectory else out.images

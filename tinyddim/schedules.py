@@ -34,6 +34,8 @@ The previous timestep (one rule for both samplers)
     DDIMScheduler uses t_prev = t − T // S, which is a different timestep for "trailing" spacing when S
     does not divide T and for "linspace" spacing unless S = T. Where the two agree, our steps equal
     diffusers'; where they differ, ours is the step to the timestep the sampler actually visits next.
+    The DDIM authors' sampler steps the same way (its seq_next = [−1] + seq[:−1], over seq reversed),
+    and so does a custom list given as `set_timesteps(timesteps=...)`.
 """
 
 import inspect
@@ -130,6 +132,56 @@ def make_timesteps(num_train_timesteps, num_inference_steps, timestep_spacing="l
     return timesteps
 
 
+def quadratic_timesteps(num_inference_steps, num_train_timesteps=1000):
+    """The DDIM paper's "quadratic" timesteps τ_i ≈ c·i², as the authors' code builds them; descending, int64.
+
+    The authors' sampler (skip_type "quad") takes seq = int(linspace(0, √(0.8 T), S)²), increasing from 0
+    to 0.8 T, and steps from each entry to the one below it (−1 below the first): our t -> t_prev rule
+    on this list reversed. Casting to int repeats small timesteps once S − 1 > √(0.8 T) (S ≥ 30 for
+    T = 1000: 0, 0, 3, …); a step from t to the same t is a no-op there (ᾱ_t = ᾱ_prev), so the repeats
+    are dropped and the list can be shorter than S (96 entries for S = 100, T = 1000).
+
+    The authors' "uniform" rule, seq = range(0, T, T // S), is our "leading" spacing (steps_offset=0)
+    when S divides T; otherwise it has more than S entries and ours are its S smallest (T = 1000, S = 30:
+    theirs end at 990, ours at 957).
+    """
+    T, S = num_train_timesteps, check_num_inference_steps(num_inference_steps, num_train_timesteps)
+    seq = (np.linspace(0, math.sqrt(0.8 * T), S) ** 2).astype(np.int64)  # (S,) increasing, truncated as int()
+    return np.unique(seq)[::-1].copy()                                    # descending, repeats removed
+
+
+def check_timesteps(timesteps, num_train_timesteps):
+    """A custom timestep list as int64 (S,): integers in 0 … T−1, strictly descending, or a clear error.
+
+    The ValueErrors are those diffusers' DDPMScheduler raises; the list is the visit order, and each
+    step goes to the next entry (−1 after the last).
+    """
+    T = num_train_timesteps
+    array = np.asarray(to_numpy(timesteps))
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D list, got shape {array.shape}")
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"timesteps must be integers, got {array.dtype} values {array[:3].tolist()}")
+    rising = np.flatnonzero(np.diff(array) >= 0)
+    if rising.size:
+        i = int(rising[0])
+        raise ValueError(f"timesteps must be strictly descending: entry {i + 1} ({array[i + 1]}) "
+                         f"does not come below entry {i} ({array[i]})")
+    if array[0] >= T or array[-1] < 0:
+        bad = array[0] if array[0] >= T else array[-1]
+        raise ValueError(f"timestep {bad} is outside 0 … {T - 1} (num_train_timesteps={T})")
+    return array.astype(np.int64)
+
+
+def set_steps(scheduler, num_inference_steps, timesteps=None):
+    """`scheduler.set_timesteps` from a pipeline's keywords: a given `timesteps` list wins, and
+    `num_inference_steps` is then ignored (as in diffusers' pipelines that take `timesteps`)."""
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=timesteps)
+    else:
+        scheduler.set_timesteps(num_inference_steps)
+
+
 # ---- model output -> x̂_0, ε̂ and the options around it ---------------------------------------------
 
 def x0_and_eps(model_output, x_t, alpha_bar_t, prediction_type):
@@ -194,6 +246,7 @@ class Scheduler:
         self.alphas_cumprod = self.alpha_bar                # diffusers' name
         self.final_alpha_cumprod = 1.0                      # ᾱ at t_prev = −1 (DDIM may choose ᾱ_0)
         self.num_inference_steps = None
+        self.custom_timesteps = False
         self._use_timesteps(np.arange(T, dtype=np.int64)[::-1].copy())
 
     # -- config in and out --
@@ -235,11 +288,22 @@ class Scheduler:
 
     # -- timesteps --
 
-    def set_timesteps(self, num_inference_steps, device=None):
-        """Choose the S timesteps to visit (`.timesteps`, int64, host). `device` is accepted and unused."""
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
+        """Choose the timesteps to visit (`.timesteps`, int64, host). `device` is accepted and unused.
+
+        Give either `num_inference_steps` S (the configured spacing makes the list) or `timesteps`, a
+        custom list in visit order (strictly descending, in 0 … T−1, e.g. `quadratic_timesteps(S)`).
+        """
         c = self.config
         T = c.num_train_timesteps
-        self._use_timesteps(make_timesteps(T, num_inference_steps, c.timestep_spacing, c.steps_offset))
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("set_timesteps needs exactly one of num_inference_steps or timesteps, got "
+                             + ("both" if timesteps is not None else "neither"))
+        self.custom_timesteps = timesteps is not None
+        if self.custom_timesteps:
+            self._use_timesteps(check_timesteps(timesteps, T))
+        else:
+            self._use_timesteps(make_timesteps(T, num_inference_steps, c.timestep_spacing, c.steps_offset))
         self.num_inference_steps = len(self.timesteps)
 
     def _use_timesteps(self, timesteps):
