@@ -4,21 +4,23 @@
     images = td.sample()                                   # the bundled MNIST model, offline
     pipe = td.DDIMPipeline.from_pretrained("path/to/ddpm-cifar10-32")
     images = pipe(batch_size=4, generator=0, num_inference_steps=50).images
+    td.fid.fid_against_mnist(td.sample(batch_size=500, output_type="np"))   # Fréchet distance to MNIST test digits
 """
 
-from . import explore, viz
+from . import explore, fid, viz
 from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step
 from .pipelines import DDIMPipeline, DDPMPipeline, ImagePipelineOutput, default_pipeline, sample
 from .unet import UNet2DModel
 from .explore import slerp
+from .fid import frechet_distance
 from .viz import image_grid
 from .weights import convert
 
 __version__ = "0.1.0"
 __all__ = [
     "DDIMPipeline", "DDIMScheduler", "DDPMPipeline", "DDPMScheduler", "ImagePipelineOutput", "UNet2DModel",
-    "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "get_array_module", "image_grid",
-    "sample", "slerp", "to_device", "to_numpy",
+    "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "frechet_distance", "get_array_module",
+    "image_grid", "sample", "slerp", "to_device", "to_numpy",
 ]
