@@ -38,9 +38,12 @@ def _parser():
     convert.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    fid = commands.add_parser("fid", help="Fréchet distance of 16x16 digits to the MNIST test digits (or PATH2)")
-    fid.add_argument("path", help="a folder of 16x16 PNG images, or an .npz of statistics (mu, sigma)")
-    fid.add_argument("path2", nargs="?", help="the same (default: the MNIST test digits' statistics, shipped)")
+    fid = commands.add_parser("fid", help="Fréchet distance of 16x16 digits to the MNIST test digits (or PATH2)",
+                              description="Print d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2}) of the digit "
+                                          "features of PATH and PATH2 on the last line.")
+    fid.add_argument("path", metavar="PATH", help="a folder of 16x16 PNG images, or an .npz of statistics (mu, sigma)")
+    fid.add_argument("path2", metavar="PATH2", nargs="?",
+                     help="the same (default: the MNIST test digits' statistics, shipped with tinyddim)")
     fid.add_argument("--save-stats", metavar="OUT.npz", help="also write PATH's statistics to OUT.npz")
     fid.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
     return parser
