@@ -1,4 +1,4 @@
-"""The `tinyddim` command: `tinyddim sample` and `tinyddim convert`.
+"""The `tinyddim` command: `tinyddim sample`, `tinyddim convert` and `tinyddim fid`.
 
 Errors in what the user gave (paths, options, files) print one line and exit with code 2; outputs are
 written to a temporary name and renamed, and an existing output is replaced only with --overwrite.
@@ -37,6 +37,15 @@ def _parser():
     convert.add_argument("dst", help="output .safetensors file")
     convert.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    fid = commands.add_parser("fid", help="Fréchet distance of 16x16 digits to the MNIST test digits (or PATH2)",
+                              description="Print d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2}) of the digit "
+                                          "features of PATH and PATH2 on the last line.")
+    fid.add_argument("path", metavar="PATH", help="a folder of 16x16 PNG images, or an .npz of statistics (mu, sigma)")
+    fid.add_argument("path2", metavar="PATH2", nargs="?",
+                     help="the same (default: the MNIST test digits' statistics, shipped with tinyddim)")
+    fid.add_argument("--save-stats", metavar="OUT.npz", help="also write PATH's statistics to OUT.npz")
+    fid.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
     return parser
 
 
@@ -64,6 +73,24 @@ def run_convert(args):
     print(f"wrote {args.dst}")
 
 
+def run_fid(args):
+    from .fid import frechet_distance, mnist_test_statistics, save_statistics, statistics
+
+    if args.save_stats:
+        if not args.save_stats.endswith(".npz"):
+            raise ValueError(f"--save-stats must end in .npz: {args.save_stats}")
+        _check_output(args.save_stats, args.overwrite)
+    mu1, sigma1 = statistics(args.path, progress=True)
+    if args.save_stats:
+        save_statistics(args.save_stats, mu1, sigma1, overwrite=args.overwrite)
+        print(f"wrote the statistics of {args.path} to {args.save_stats}")
+    reference = args.path2 or "the MNIST test digits"
+    mu2, sigma2 = statistics(args.path2, progress=True) if args.path2 else mnist_test_statistics()
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"{args.path} has {mu1.shape[0]} features, {reference} {mu2.shape[0]}")
+    print(f"{frechet_distance(mu1, sigma1, mu2, sigma2):.6g}")
+
+
 def _check_output(path, overwrite):
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -75,7 +102,7 @@ def _check_output(path, overwrite):
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        {"sample": run_sample, "convert": run_convert}[args.command](args)
+        {"sample": run_sample, "convert": run_convert, "fid": run_fid}[args.command](args)
     except (OSError, ValueError, TypeError, RuntimeError, ImportError) as err:
         print(f"tinyddim {args.command}: error: {err}", file=sys.stderr)
         return 2
