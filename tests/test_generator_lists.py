@@ -38,7 +38,7 @@ def test_a_ddim_batch_with_a_generator_list_equals_its_images_sampled_one_at_a_t
                   progress=False, return_trajectory=True) for k in indices]
     for b, one in enumerate(alone):
         assert np.array_equal(batch.trajectory.x_t[0, b], one.trajectory.x_t[0, 0])  # x_T: the same draw
-        # a batch of 3 and of 1 round differently in float32 (measured max 1.2e-6 over [0, 1])
+        # a batch of 3 and of 1 round differently in float32 (measured max 7e-7 over [0, 1])
         assert np.abs(batch.images[b] - one.images[0]).max() < 1e-5
     # η > 0 really draws per-image noise: a different generator for image 0 changes it
     other = ddim(batch_size=1, generator=generators(6, [0]), latents=batch.trajectory.x_t[0, :1], eta=eta,
@@ -51,7 +51,7 @@ def test_a_ddpm_batch_with_a_generator_list_equals_its_images_sampled_one_at_a_t
     indices = [2, 9]
     batch = run(ddpm, indices, num_inference_steps=5)
     for b, k in enumerate(indices):
-        assert np.abs(batch[b] - run(ddpm, [k], num_inference_steps=5)[0]).max() < 1e-5  # measured 1.2e-6
+        assert np.abs(batch[b] - run(ddpm, [k], num_inference_steps=5)[0]).max() < 1e-5  # measured 3e-7
     assert np.abs(batch[0] - batch[1]).max() > 0.1
 
 
