@@ -47,7 +47,7 @@ def connect(address, timeout=10):
     except ValueError as err:
         raise ValueError(f"bad Dask scheduler address {address!r}: {err}") from None
     except OSError:
-        raise ConnectionError(f"no Dask scheduler answered at {address} within {timeout} s") from None
+        raise ConnectionError(f"no Dask scheduler answered at {address} within {timeout:g} s") from None
 
 
 def run_chunks(client, pipe, job, chunks, done):
