@@ -41,7 +41,7 @@ def connect(address, timeout=10):
         if not workers.isdigit() or int(workers) < 1:
             raise ValueError(f"--dask local:N needs a number of workers N >= 1, got {address!r}")
         return distributed.Client(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR)
+                                  dashboard_address=":0", silence_logs=logging.ERROR)
     try:
         return distributed.Client(address, timeout=timeout)
     except ValueError as err:
