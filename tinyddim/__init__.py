@@ -4,13 +4,15 @@
     images = td.sample()                                   # the bundled MNIST model, offline
     pipe = td.DDIMPipeline.from_pretrained("path/to/ddpm-cifar10-32")
     images = pipe(batch_size=4, generator=0, num_inference_steps=50).images
-    td.fid.fid_against_mnist(td.sample(batch_size=500, output_type="np"))   # Fréchet distance to MNIST test digits
+    td.sample_to_folder("samples", 10_000)                 # one PNG per image, for FID; resumable, sharded
+    td.fid.fid_against_mnist("samples")                    # Fréchet distance to the MNIST test digits
 """
 
 from . import explore, fid, mnist, viz
 from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step
+from .folder import sample_to_folder
 from .pipelines import DDIMPipeline, DDPMPipeline, ImagePipelineOutput, default_pipeline, sample
 from .schedules import quadratic_timesteps
 from .unet import UNet2DModel
@@ -24,6 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DDIMPipeline", "DDIMScheduler", "DDPMPipeline", "DDPMScheduler", "ImagePipelineOutput", "UNet2DModel",
     "as_x0", "convert", "ddim_sigma", "ddim_step", "ddpm_step", "default_pipeline", "frechet_distance",
-    "get_array_module", "image_grid", "numpy_to_pil", "pil_to_numpy", "quadratic_timesteps", "sample", "slerp",
-    "to_device", "to_images", "to_numpy",
+    "get_array_module", "image_grid", "numpy_to_pil", "pil_to_numpy", "quadratic_timesteps", "sample",
+    "sample_to_folder", "slerp", "to_device", "to_images", "to_numpy",
 ]

@@ -1,4 +1,5 @@
-"""The `tinyddim` command: `tinyddim sample`, `tinyddim convert` and `tinyddim fid`.
+"""The `tinyddim` command: `tinyddim sample` (a grid, or with --out-dir a folder of PNGs), `tinyddim convert`
+and `tinyddim fid`.
 
 Errors in what the user gave (paths, options, files) print one line and exit with code 2; outputs are
 written to a temporary name and renamed, and an existing output is replaced only with --overwrite.
@@ -21,16 +22,28 @@ def _parser():
     parser = _Parser(prog="tinyddim", description="DDIM sampling in NumPy.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sample = commands.add_parser("sample", help="write a grid of DDIM samples to a PNG file")
-    sample.add_argument("-n", "--num", type=int, default=16, help="number of images (default 16)")
+    sample = commands.add_parser("sample", help="write a grid of DDIM samples to a PNG file, or with --out-dir "
+                                                "one PNG per image to a folder (for FID)")
+    sample.add_argument("-n", "--num", type=int, default=None, help="number of images in the grid (default 16)")
     sample.add_argument("--steps", type=int, default=50, help="DDIM steps S (default 50)")
     sample.add_argument("--eta", type=float, default=0.0, help="η: 0 is deterministic DDIM (default 0)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--model", default=None, help="diffusers folder or converted .safetensors "
                                                       "(default: the bundled MNIST model)")
     sample.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    sample.add_argument("-o", "--output", default="samples.png", help="PNG to write (default samples.png)")
+    sample.add_argument("-o", "--output", default=None, help="grid PNG to write (default samples.png)")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    folder = sample.add_argument_group("a folder of PNGs, one per image (tinyddim.sample_to_folder)")
+    folder.add_argument("--num-images", type=int, default=None, help="N: images 0 … N−1")
+    folder.add_argument("--out-dir", default=None, help="folder of 000000.png … and manifest.json; a second "
+                                                        "run skips the images already there")
+    folder.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    folder.add_argument("--shard", default=None, metavar="I/K", help="only blocks I, I+K, … of batch-size "
+                                                                     "images (I counts from 0)")
+    folder.add_argument("--dask", default=None, metavar="ADDRESS|local:N",
+                        help="run the batches as tasks on a Dask scheduler, or on N local worker processes")
+    folder.add_argument("--dask-timeout", type=float, default=10.0, help="seconds to reach the scheduler "
+                                                                          "(default 10)")
 
     convert = commands.add_parser("convert", help="pack a diffusers UNet folder into one .safetensors file")
     convert.add_argument("src", help="diffusers folder (flat, or a pipeline folder with unet/)")
@@ -53,6 +66,10 @@ def run_sample(args):
     from .pipelines import sample
     from .viz import image_grid
 
+    if args.out_dir is not None or args.num_images is not None:
+        return run_sample_folder(args)
+    args.num = 16 if args.num is None else args.num
+    args.output = "samples.png" if args.output is None else args.output
     _check_output(args.output, args.overwrite)
     if args.num < 1 or args.steps < 1 or args.eta < 0:
         raise ValueError("need -n >= 1, --steps >= 1 and --eta >= 0")
@@ -62,6 +79,39 @@ def run_sample(args):
     grid = image_grid(images, scale=scale)
     write_atomic(args.output, lambda path: grid.save(path, format="PNG"))
     print(f"wrote {len(images)} samples to {args.output}")
+
+
+def run_sample_folder(args):
+    """`tinyddim sample --num-images N --out-dir DIR`: everything is checked before the first file is written."""
+    from .folder import check_out_dir, parse_shard, sample_to_folder
+    from .pipelines import DDIMPipeline, default_pipeline
+
+    if args.out_dir is None or args.num_images is None:
+        raise ValueError("a folder run needs both --num-images N and --out-dir DIR")
+    if args.num is not None or args.output is not None or args.overwrite:
+        raise ValueError("-n, -o and --overwrite are for the grid; a folder run takes --num-images and --out-dir")
+    if args.num_images < 1 or args.batch_size < 1:
+        raise ValueError(f"need --num-images >= 1 and --batch-size >= 1, got {args.num_images} and {args.batch_size}")
+    parse_shard(args.shard)
+    check_out_dir(args.out_dir)
+    if args.dask is not None:
+        from .distributed import import_distributed
+
+        import_distributed()
+    pipe = default_pipeline(args.device) if args.model is None else DDIMPipeline.from_pretrained(args.model, args.device)
+    client = None
+    if args.dask is not None:
+        from .distributed import connect
+
+        client = connect(args.dask, timeout=args.dask_timeout)
+    try:
+        result = sample_to_folder(args.out_dir, args.num_images, pipeline=pipe, num_inference_steps=args.steps,
+                                  eta=args.eta, seed=args.seed, batch_size=args.batch_size, shard=args.shard,
+                                  client=client)
+    finally:
+        if client is not None:
+            client.close()
+    print(result)
 
 
 def run_convert(args):
