@@ -64,7 +64,7 @@ def timed(fn):
 
 def save_pngs(images, out, first=0):
     """What sample_to_folder writes, for the diffusers contender: one PNG per image."""
-    from tinyddim.pipelines import numpy_to_pil
+    from tinyddim.images import numpy_to_pil
 
     for k, image in enumerate(numpy_to_pil(images)):
         image.save(os.path.join(out, f"{first + k:06d}.png"), format="PNG")

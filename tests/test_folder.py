@@ -18,7 +18,7 @@ import tinyddim as td
 from tinyddim import folder
 from tinyddim.cli import main as cli
 from tinyddim.ddpm import DDPMScheduler
-from tinyddim.pipelines import numpy_to_pil
+from tinyddim.images import numpy_to_pil
 from tinyddim.weights import map_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

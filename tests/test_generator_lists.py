@@ -56,10 +56,10 @@ def test_a_ddpm_batch_with_a_generator_list_equals_its_images_sampled_one_at_a_t
 
 
 def test_a_generator_list_of_the_wrong_length_is_a_clear_error(ddim):
-    with pytest.raises(ValueError, match="list of 2 Generators for batch_size=3"):
+    with pytest.raises(ValueError, match="list of 2 Generators for a batch of 3"):
         ddim(batch_size=3, generator=generators(0, range(2)), num_inference_steps=2, progress=False)
     latents = np.zeros((3, 1, 16, 16), np.float32)
-    with pytest.raises(ValueError, match="list of 2 Generators for batch_size=3"):
+    with pytest.raises(ValueError, match="list of 2 Generators for a batch of 3"):
         ddim(batch_size=3, latents=latents, generator=generators(0, range(2)), num_inference_steps=2, progress=False)
     scheduler = td.DDIMScheduler()
     scheduler.set_timesteps(2)

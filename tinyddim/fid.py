@@ -102,7 +102,7 @@ def image_statistics(images, params=None, progress=False):
 
 def _checked_images(images):
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert"):  # PIL images
-        from .pipelines import pil_to_numpy
+        from .images import pil_to_numpy
 
         images = pil_to_numpy([image.convert("L") for image in images])  # (N, H, W, 1) uint8
     images = np.asarray(images)
