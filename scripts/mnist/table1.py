@@ -97,7 +97,7 @@ def table(results, plan, floor):
         if info["S"] != 1000:
             rows.setdefault((info["spacing"], info["row"]), {})[info["S"]] = results.get(name)
     for (spacing, row), by_S in rows.items():
-        label = "σ̂" if row == "σ̂" else f"η = {row}"
+        label = "σ̂" if row == "σ̂" else f"η = {float(row):g}"
         cells_text = [f"{by_S[S]['distance']:.2f}" if by_S.get(S) else "–" for S in steps]
         lines.append(f"| {spacing} | {label} | " + " | ".join(cells_text) + " |")
     ddpm = results.get("ddpm-S1000")
@@ -126,7 +126,7 @@ def figure(results, plan, path):
     styles = {"leading": "-", "trailing": "--", "quadratic": ":"}
     for (spacing, row), points in series.items():
         points.sort()
-        label = f"{spacing}, " + ("σ̂" if row == "σ̂" else f"η = {row}")
+        label = f"{spacing}, " + ("σ̂" if row == "σ̂" else f"η = {float(row):g}")
         S, distance = [p[0] for p in points], [p[1]["distance"] for p in points]
         seconds = [p[1]["seconds_per_image"] * 1000 for p in points]
         line, = by_steps.plot(S, distance, styles[spacing], marker="o", label=label)
@@ -179,7 +179,7 @@ def main():
               f"({time.perf_counter() - start:.0f} s this run)", flush=True)
 
     if args.out:
-        floor = read(FLOOR, {}).get("test_vs_test", {})
+        floor = read(FLOOR, {}).get("test_vs_other_test_digits", {})
         done = {name: results[name] for name, *_ in plan if name in results}
         text = (f"**Table 1, reproduced** on the bundled model: Fréchet distance (`tinyddim.fid`, features of "
                 f"the shipped digit network) of {args.n_images} samples per cell against the 10,000 MNIST test "
