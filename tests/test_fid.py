@@ -158,7 +158,7 @@ def blobs(rng, n, size=16, power=3):
 def write_folder(folder, images):
     folder.mkdir()
     for i, image in enumerate(images):
-        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
     return folder
 
 
@@ -184,7 +184,7 @@ def test_images_as_floats_uint8_or_pil_give_the_same_statistics():
     images = blobs(np.random.default_rng(8), 6)  # (6, 16, 16) floats, multiples of 1/255
     pixels = np.round(images * 255).astype(np.uint8)
     mu, sigma = fid.image_statistics(images[..., None])
-    for same in (images, pixels, [Image.fromarray(p, mode="L") for p in pixels]):
+    for same in (images, pixels, [Image.fromarray(p) for p in pixels]):
         mu_same, sigma_same = fid.image_statistics(same)
         np.testing.assert_allclose(mu_same, mu, atol=1e-6)  # measured: 0
         np.testing.assert_allclose(sigma_same, sigma, atol=1e-6)
