@@ -158,7 +158,7 @@ def blobs(rng, n, size=16, power=3):
 def write_folder(folder, images):
     folder.mkdir()
     for i, image in enumerate(images):
-        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
     return folder
 
 
@@ -178,6 +178,20 @@ def test_cli_distance_of_a_folder_to_mnist_and_to_another_folder(tmp_path, capsy
     expected = fid.frechet_distance(*fid.image_statistics(a), *fid.image_statistics(b))
     assert code == 0 and float(out[-1]) == pytest.approx(expected, rel=1e-5) and expected > 0
     assert fid.fid_against_mnist(folder_a) == fid.fid_against_mnist(a)  # a path is read like the images
+
+
+def test_images_as_floats_uint8_or_pil_give_the_same_statistics():
+    images = blobs(np.random.default_rng(8), 6)  # (6, 16, 16) floats, multiples of 1/255
+    pixels = np.round(images * 255).astype(np.uint8)
+    mu, sigma = fid.image_statistics(images[..., None])
+    for same in (images, pixels, [Image.fromarray(p) for p in pixels]):
+        mu_same, sigma_same = fid.image_statistics(same)
+        np.testing.assert_allclose(mu_same, mu, atol=1e-6)  # measured: 0
+        np.testing.assert_allclose(sigma_same, sigma, atol=1e-6)
+    with pytest.raises(ValueError, match=r"takes images \(N, 16, 16, 1\)"):
+        fid.image_statistics(np.zeros((4, 28, 28, 1)))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        fid.image_statistics(images * 2 - 1)
 
 
 def test_folder_and_its_saved_statistics_give_the_same_distance(tmp_path, capsys):

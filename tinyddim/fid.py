@@ -32,8 +32,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     """d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2}), in float64.
 
     Tr (Σ1Σ2)^{1/2} is the sum of the square roots of the eigenvalues of Σ1Σ2, which are those of the
-    symmetric positive semi-definite M = Σ1^{1/2} Σ2 Σ1^{1/2} (AB and BA share their eigenvalues). Two
-    symmetric eigendecompositions give it with no complex arithmetic, and stay exact for singular
+    symmetric positive semi-definite M = Σ1^{1/2} Σ2 Σ1^{1/2} (AB and BA share their eigenvalues).
+    Symmetric eigendecompositions give it with no complex arithmetic, and stay accurate for singular
     covariances (fewer images than features), where a general matrix square root of Σ1Σ2 is ill-conditioned.
     Eigenvalues at rounding level (|λ| ≤ D·ε·λ_max, negative ones included) count as 0: their square roots
     would be noise of size √ε.
