@@ -73,17 +73,38 @@ def to_numpy(x):
 
 
 def as_generator(generator):
-    """None, an int seed or a numpy.random.Generator -> numpy.random.Generator."""
+    """None, an int seed or a numpy.random.Generator -> numpy.random.Generator.
+
+    A list (or tuple) of Generators, one per image of a batch, stays a list: `randn` then draws image b's
+    noise from generator b (diffusers' convention for a list of torch Generators).
+    """
     if generator is None or isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
         return np.random.default_rng(generator)
     if isinstance(generator, np.random.Generator):
         return generator
+    if isinstance(generator, (list, tuple)):
+        if not generator or not all(isinstance(g, np.random.Generator) for g in generator):
+            raise TypeError("a generator list must hold one numpy.random.Generator per image, got "
+                            f"[{', '.join(sorted({type(g).__name__ for g in generator}))}]")
+        return list(generator)
     raise TypeError(
-        f"generator must be None, an int seed or a numpy.random.Generator, got {type(generator).__name__}"
+        "generator must be None, an int seed, a numpy.random.Generator or a list of them (one per image), "
+        f"got {type(generator).__name__}"
     )
 
 
 def randn(generator, shape, like=None):
-    """Standard normal float32 noise drawn on the host from `generator`, then moved next to `like`."""
-    noise = as_generator(generator).standard_normal(shape, dtype=np.float32)
+    """Standard normal float32 noise drawn on the host from `generator`, then moved next to `like`.
+
+    With a list of B Generators and shape (B, ...), image b's (...) slice is drawn from generator b, so
+    an image's noise does not depend on the batch it is drawn in.
+    """
+    rng = as_generator(generator)
+    if isinstance(rng, list):
+        if not shape or len(rng) != shape[0]:
+            raise ValueError(f"generator is a list of {len(rng)} Generators but the batch has "
+                             f"{shape[0] if shape else 0} images; pass one per image")
+        noise = np.stack([g.standard_normal(shape[1:], dtype=np.float32) for g in rng])  # (B, ...)
+    else:
+        noise = rng.standard_normal(shape, dtype=np.float32)
     return noise if like is None else get_array_module(like).asarray(noise)

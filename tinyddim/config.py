@@ -24,6 +24,10 @@ class Config(dict):
 
     __setitem__ = __delitem__ = __setattr__ = update = pop = clear = setdefault = _readonly
 
+    def __reduce__(self):
+        """Pickle as Config(items): the default way sets the items one by one, which a Config refuses."""
+        return type(self), (dict(self),)
+
 
 def build_config(defaults, given, choices=None, owner="config"):
     """`defaults` updated with the known keys of `given`; each key in `choices` must take a listed value.

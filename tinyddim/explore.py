@@ -106,3 +106,25 @@ def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=Fals
         squared = np.mean((decoded - target) ** 2, axis=(1, 2, 3))  # (B,) mean squared error of each image
         errors[S] = np.sqrt(squared) if per_image else float(np.sqrt(np.mean(squared)))
     return errors
+
+
+TABLE1_ROWS = (0.0, 0.2, 0.5, 1.0, "σ̂")  # the rows of the paper's Table 1: η, then DDPM's larger variance
+
+
+def table1_cell(pipe, row, num_inference_steps, timestep_spacing=None, timesteps=None):
+    """(pipeline, keywords) that sample one cell of Table 1 with `pipe`'s model and config.   (Table 1)
+
+    row: an η for DDIM (Eq. 12, σ_t(η) of Eq. 16); "σ̂" for DDPM's step with the larger variance
+    σ̂_t = √(1 − ᾱ_t/ᾱ_prev) (variance_type="fixed_large"); "DDPM" for DDPM's own posterior variance β̃_t.
+    The steps are S of `timestep_spacing` (default: the config's), or the list `timesteps` if given.
+    The keywords go to the pipeline (or to `sample_to_folder`) as they are.
+    """
+    config = dict(pipe.scheduler.config)
+    if timestep_spacing is not None:
+        config["timestep_spacing"] = timestep_spacing
+    call = {"num_inference_steps": num_inference_steps} if timesteps is None else {"timesteps": timesteps}
+    if row == "σ̂":
+        return DDPMPipeline(pipe.unet, DDPMScheduler.from_config({**config, "variance_type": "fixed_large"})), call
+    if row == "DDPM":
+        return DDPMPipeline(pipe.unet, DDPMScheduler.from_config({**config, "variance_type": "fixed_small"})), call
+    return DDIMPipeline(pipe.unet, DDIMScheduler.from_config(config)), {**call, "eta": float(row)}

