@@ -8,6 +8,11 @@ of them. The test code is ours.
 Where diffusers draws noise from a torch generator, the same torch generator is seeded here, the same
 tensors are drawn from it in the same order, and they are handed to tinyddim as `latents=` (x_T) and
 `variance_noise=` (the ε_t of each step); so the runs see the very numbers diffusers' runs see.
+
+Not ported: the tests without hard-coded numbers (check_over_configs / check_over_forward, which compare a
+scheduler with its saved-and-reloaded self; PipelineTesterMixin's save/load and batch checks; DDPM's
+test_inference_predict_sample, which compares two identical runs) and the @slow integration tests, which
+download checkpoints. diffusers' private _get_variance is checked through our public σ_t and β̃_t.
 """
 
 import numpy as np
