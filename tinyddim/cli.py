@@ -88,7 +88,10 @@ def run_sample_folder(args):
         from .distributed import import_distributed
 
         import_distributed()
-    pipe = default_pipeline(args.device) if args.model is None else DDIMPipeline.from_pretrained(args.model, args.device)
+    if args.model is None:
+        pipe = default_pipeline(args.device)
+    else:
+        pipe = DDIMPipeline.from_pretrained(args.model, device=args.device)
     client = None
     if args.dask is not None:
         from .distributed import connect
@@ -98,6 +101,10 @@ def run_sample_folder(args):
         result = sample_to_folder(args.out_dir, args.num_images, pipeline=pipe, num_inference_steps=args.steps,
                                   eta=args.eta, seed=args.seed, batch_size=args.batch_size, shard=args.shard,
                                   client=client)
+    except KeyboardInterrupt:
+        print("tinyddim sample: interrupted; the PNGs written so far are complete, and the same command "
+              "resumes", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if client is not None:
             client.close()

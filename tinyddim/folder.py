@@ -26,7 +26,7 @@ Blocks and shards
     At the folder's batch size each batch is one block, whatever shard, process or worker makes it, so
     the union of K shards is the same PNG bytes as one run (on one machine, with the same BLAS thread
     count per process). Another batch size, or another thread count, groups the images into different
-    matrix products: a pixel may then move by one gray level (`benchmarks/folder_speed.py --compare`).
+    matrix products: a pixel may then move by one gray level (`benchmarks/folder_speed.py --sections agreement`).
 """
 
 import hashlib
