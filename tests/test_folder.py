@@ -320,3 +320,14 @@ def test_cli_unreachable_scheduler_is_an_error_within_the_timeout(tmp_path, caps
     assert cli(["sample", "--num-images", "3", "--out-dir", str(tmp_path / "o")] + args) == 2
     assert time.monotonic() - start < 20  # measured 1.1 s
     assert "no Dask scheduler answered" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_temporary_files_of_a_killed_run_are_removed_once_stale(pipe, reference, tmp_path):
+    out = tmp_path / "stale"
+    td.sample_to_folder(out, 2, pipeline=pipe, **RUN)
+    old, new = out / ".tmp-000001.png-dead.part", out / ".tmp-000001.png-live.part"
+    old.write_bytes(b"half a png")
+    new.write_bytes(b"being written")
+    os.utime(old, (time.time() - folder.STALE_TMP_SECONDS - 1,) * 2)
+    td.sample_to_folder(out, 2, pipeline=pipe, **RUN)
+    assert not old.exists() and new.exists()
