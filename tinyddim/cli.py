@@ -73,7 +73,7 @@ def run_sample(args):
 
 def run_sample_folder(args):
     """`tinyddim sample --num-images N --out-dir DIR`: everything is checked before the first file is written."""
-    from .folder import check_out_dir, parse_shard, sample_to_folder
+    from .folder import check_out_dir, parse_shard, pipeline_call, sample_to_folder
     from .pipelines import DDIMPipeline, default_pipeline
 
     if args.out_dir is None or args.num_images is None:
@@ -92,6 +92,7 @@ def run_sample_folder(args):
         pipe = default_pipeline(args.device)
     else:
         pipe = DDIMPipeline.from_pretrained(args.model, device=args.device)
+    pipeline_call(pipe, args.steps, args.eta, None)  # bad --steps or --eta: an error before a cluster starts
     client = None
     if args.dask is not None:
         from .distributed import connect
