@@ -101,7 +101,7 @@ def throughput_section(args):
             save_pngs(images, out, first)
 
     contenders = {f"tinyddim batch {b}": (run_ours, b) for b in args.batch_sizes}
-    contenders.update({f"diffusers batch {b}": (run_theirs, b) for b in args.batch_sizes[:1]})
+    contenders.update({f"diffusers batch {b}": (run_theirs, b) for b in args.batch_sizes})
     rates = {name: [] for name in contenders}
     for _ in range(args.rounds):
         for name, (run, batch) in contenders.items():
