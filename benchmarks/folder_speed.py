@@ -44,9 +44,10 @@ def machine(threads):
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    print(f"CPU {cpu}; {os.cpu_count()} logical cores; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg")
-          else f"CPU {cpu}; {os.cpu_count()} logical cores")
-    print(f"threads {threads}; numpy {np.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    load = f"; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"CPU {cpu}; {os.cpu_count()} logical cores{load}")
+    coretype = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    print(f"threads {threads}; numpy {np.__version__}; OPENBLAS_CORETYPE={coretype}")
     for info in threadpool_info():
         print(f"  {info['user_api']}: {info['internal_api']} {info.get('version')} {info.get('architecture', '')}, "
               f"{info['num_threads']} threads ({os.path.basename(info['filepath'])})")
@@ -100,7 +101,7 @@ def throughput_section(args):
             save_pngs(images, out, first)
 
     contenders = {f"tinyddim batch {b}": (run_ours, b) for b in args.batch_sizes}
-    contenders.update({f"diffusers batch {b}": (run_theirs, b) for b in args.batch_sizes[:1]})
+    contenders.update({f"diffusers batch {b}": (run_theirs, b) for b in args.batch_sizes})
     rates = {name: [] for name in contenders}
     for _ in range(args.rounds):
         for name, (run, batch) in contenders.items():

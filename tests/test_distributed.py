@@ -15,7 +15,7 @@ import tinyddim as td
 from tinyddim.cli import main as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = dict(num_inference_steps=3, batch_size=1, progress=False)
+RUN = dict(num_inference_steps=3, batch_size=2, progress=False)
 N = 12
 
 
@@ -85,7 +85,7 @@ def test_a_worker_killed_during_the_run_loses_nothing(client, pipe, reference, t
 
 def test_cli_dask_local_cluster_makes_the_same_images(reference, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert cli(["sample", "--num-images", "4", "--out-dir", str(out), "--steps", "3", "--batch-size", "1",
+    assert cli(["sample", "--num-images", "4", "--out-dir", str(out), "--steps", "3", "--batch-size", "2",
                 "--dask", "local:2"]) == 0
     assert "wrote 4 images" in capsys.readouterr().out
     assert same_pngs(reference, out, [f"{k:06d}.png" for k in range(4)])  # image k does not depend on N

@@ -49,6 +49,13 @@ def same_pngs(a, b):
     return names == pngs(b) and not mismatch and not errors
 
 
+def close_pngs(a, b):
+    """The same names, and pixels at most one gray level apart on at most 0.1% of them (at least 1)."""
+    names = pngs(a)
+    diff = np.abs(np.stack([pixels(a, name) for name in names]) - np.stack([pixels(b, name) for name in names]))
+    return names == pngs(b) and diff.max() <= 1 and (diff > 0).sum() <= max(1, 0.001 * diff.size)
+
+
 def pixels(out, name):
     return np.asarray(Image.open(os.path.join(out, name)), dtype=np.int16)
 
@@ -100,7 +107,7 @@ def test_a_second_run_skips_everything_and_a_resumed_one_makes_only_what_is_miss
                         call(self, batch_size=batch_size, **kw))
     result = td.sample_to_folder(out, 10, pipeline=pipe, **RUN)
     assert (result.written, result.skipped, result.in_folder) == (3, 7, 10) and sum(made) == 3
-    assert same_pngs(reference, out)  # the batch sizes differ (2 and 1), the PNGs do not (measured)
+    assert close_pngs(reference, out)  # made in batches of 2 and 1, not 4: measured 0 pixels moved
     made.clear()
     result = td.sample_to_folder(out, 10, pipeline=pipe, **{**RUN, "batch_size": 7})
     assert (result.written, result.skipped) == (0, 10) and made == []
@@ -320,3 +327,14 @@ def test_cli_unreachable_scheduler_is_an_error_within_the_timeout(tmp_path, caps
     assert cli(["sample", "--num-images", "3", "--out-dir", str(tmp_path / "o")] + args) == 2
     assert time.monotonic() - start < 20  # measured 1.1 s
     assert "no Dask scheduler answered" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_temporary_files_of_a_killed_run_are_removed_once_stale(pipe, reference, tmp_path):
+    out = tmp_path / "stale"
+    td.sample_to_folder(out, 2, pipeline=pipe, **RUN)
+    old, new = out / ".tmp-000001.png-dead.part", out / ".tmp-000001.png-live.part"
+    old.write_bytes(b"half a png")
+    new.write_bytes(b"being written")
+    os.utime(old, (time.time() - folder.STALE_TMP_SECONDS - 1,) * 2)
+    td.sample_to_folder(out, 2, pipeline=pipe, **RUN)
+    assert not old.exists() and new.exists()

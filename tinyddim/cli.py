@@ -83,7 +83,7 @@ def run_sample(args):
 
 def run_sample_folder(args):
     """`tinyddim sample --num-images N --out-dir DIR`: everything is checked before the first file is written."""
-    from .folder import check_out_dir, parse_shard, sample_to_folder
+    from .folder import check_out_dir, parse_shard, pipeline_call, sample_to_folder
     from .pipelines import DDIMPipeline, default_pipeline
 
     if args.out_dir is None or args.num_images is None:
@@ -98,7 +98,11 @@ def run_sample_folder(args):
         from .distributed import import_distributed
 
         import_distributed()
-    pipe = default_pipeline(args.device) if args.model is None else DDIMPipeline.from_pretrained(args.model, args.device)
+    if args.model is None:
+        pipe = default_pipeline(args.device)
+    else:
+        pipe = DDIMPipeline.from_pretrained(args.model, device=args.device)
+    pipeline_call(pipe, args.steps, args.eta, None)  # bad --steps or --eta: an error before a cluster starts
     client = None
     if args.dask is not None:
         from .distributed import connect
@@ -108,6 +112,10 @@ def run_sample_folder(args):
         result = sample_to_folder(args.out_dir, args.num_images, pipeline=pipe, num_inference_steps=args.steps,
                                   eta=args.eta, seed=args.seed, batch_size=args.batch_size, shard=args.shard,
                                   client=client)
+    except KeyboardInterrupt:
+        print("tinyddim sample: interrupted; the PNGs written so far are complete, and the same command "
+              "resumes", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if client is not None:
             client.close()

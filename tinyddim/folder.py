@@ -26,7 +26,8 @@ Blocks and shards
     At the folder's batch size each batch is one block, whatever shard, process or worker makes it, so
     the union of K shards is the same PNG bytes as one run (on one machine, with the same BLAS thread
     count per process). Another batch size, or another thread count, groups the images into different
-    matrix products: a pixel may then move by one gray level (`benchmarks/folder_speed.py --compare`).
+    matrix products: a pixel may then move by one gray level (`benchmarks/folder_speed.py --sections agreement`).
+    So may the rest of a block that a killed run had partly renamed into place: it is made as a smaller batch.
 """
 
 import hashlib
@@ -261,9 +262,13 @@ def remove_stale_tmp(out_dir, now=None):
     """Remove temporary files left by killed runs (older than STALE_TMP_SECONDS; live ones are ms old)."""
     now = time.time() if now is None else now
     for name in os.listdir(out_dir):
-        path = os.path.join(out_dir, name)
-        if name.startswith(".tmp-") and name.endswith(".part") and now - os.path.getmtime(path) > STALE_TMP_SECONDS:
-            os.remove(path)
+        if name.startswith(".tmp-") and name.endswith(".part"):
+            path = os.path.join(out_dir, name)
+            try:
+                if now - os.path.getmtime(path) > STALE_TMP_SECONDS:
+                    os.remove(path)
+            except FileNotFoundError:  # renamed or removed meanwhile by the run that owns it
+                pass
 
 
 # ---- making images ------------------------------------------------------------------------------
