@@ -85,13 +85,22 @@ class _Pipeline:
             if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
                 raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
             return to_device(randn(rng, (batch_size,) + self.unet.sample_shape), self.unet.device)
-        try:
-            check_input(self.unet.config, latents)
-        except ValueError as err:
-            raise ValueError(f"latents: {err}") from None
+        self._check_latents(latents)
         if not get_array_module(latents).isfinite(latents).all():
             raise ValueError("latents contain NaN or infinite values")
         return to_device(latents, self.unet.device).astype(np.float32)
+
+
+    def _check_latents(self, latents):
+        """A UNet2DModel checks what it can take (rank, channels, sizes); any other ε-model, rank and channels."""
+        try:
+            if isinstance(self.unet, UNet2DModel):
+                check_input(self.unet.config, latents)
+            elif getattr(latents, "ndim", 0) != 4 or latents.shape[1] != self.unet.sample_shape[0]:
+                raise ValueError(f"expected (B, {self.unet.sample_shape[0]}, H, W), got shape "
+                                 f"{getattr(latents, 'shape', type(latents).__name__)}")
+        except ValueError as err:
+            raise ValueError(f"latents: {err}") from None
 
 
 def check_call(num_inference_steps, output_type, eta=0.0, timesteps=None):
