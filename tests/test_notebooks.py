@@ -9,7 +9,7 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["01_forward_process", "02_one_ddim_step", "03_unet_tour", "04_sampling", "05_interpolation_inversion",
-            "06_real_checkpoint"]
+            "06_real_checkpoint", "07_quality_against_steps"]
 PATHS = [NOTEBOOKS / f"{name}.ipynb" for name in EXPECTED]
 CELL_TIMEOUT = 180  # seconds; each notebook takes well under a minute in total on a laptop CPU
 
