@@ -141,7 +141,9 @@ def run_bug(number, bug, timeout, all_tests=False):
             done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return "timeout", time.time() - start, ""
-        tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-200:]
+        lines = done.stdout.strip().splitlines()
+        failed = [line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR "))][:1]
+        tail = " ".join(failed + lines[-1:]) if lines else done.stderr.strip()[-200:]
         return ("survived" if done.returncode == 0 else "killed"), time.time() - start, tail
 
 
