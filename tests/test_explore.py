@@ -5,33 +5,26 @@ import math
 import numpy as np
 import pytest
 
-from models import diffusers_unet, save_pipeline_folder
+from conftest import max_abs
 from tinyddim import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, quadratic_timesteps
 from tinyddim.backend import randn
 from tinyddim.explore import consistency_images, eta_sweep, interpolation, reconstruction_error, slerp
 from tinyddim.weights import unet_config
 
 
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    pipe = DDIMPipeline.from_pretrained(save_pipeline_folder(diffusers_unet("mnist"), tmp_path_factory.mktemp("p")))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def test_trajectory_holds_every_state_and_ends_at_the_images(pipe):
-    out = pipe(batch_size=2, generator=0, num_inference_steps=4, output_type="np", return_trajectory=True)
+def test_trajectory_holds_every_state_and_ends_at_the_images(mnist_pipe):
+    out = mnist_pipe(batch_size=2, generator=0, num_inference_steps=4, output_type="np", return_trajectory=True)
     tr = out.trajectory
     assert list(tr.timesteps) == [750, 500, 250, 0]
     assert tr.x_t.shape == (5, 2, 1, 16, 16) and tr.x0_pred.shape == tr.eps.shape == (4, 2, 1, 16, 16)
     np.testing.assert_allclose(np.clip(tr.x_t[-1] / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1), out.images, atol=1e-6)
-    again = pipe(batch_size=2, generator=0, num_inference_steps=4, output_type="np")
+    again = mnist_pipe(batch_size=2, generator=0, num_inference_steps=4, output_type="np")
     assert np.array_equal(again.images, out.images) and again.trajectory is None
 
 
-def test_trajectory_steps_follow_eq_12(pipe):
-    tr = pipe(batch_size=1, generator=1, num_inference_steps=3, return_trajectory=True).trajectory
-    alpha_bar = pipe.scheduler.alpha_bar
+def test_trajectory_steps_follow_eq_12(mnist_pipe):
+    tr = mnist_pipe(batch_size=1, generator=1, num_inference_steps=3, return_trajectory=True).trajectory
+    alpha_bar = mnist_pipe.scheduler.alpha_bar
     for i, t in enumerate(tr.timesteps):
         a_prev = alpha_bar[tr.timesteps[i + 1]] if i + 1 < len(tr.timesteps) else 1.0
         expected = math.sqrt(a_prev) * tr.x0_pred[i] + math.sqrt(1 - a_prev) * tr.eps[i]
@@ -51,21 +44,70 @@ def test_slerp_hits_the_endpoints_and_keeps_the_norm_of_orthogonal_latents():
         slerp(z0, np.zeros((2, 2), np.float32), 0.5)
 
 
-def test_interpolation_and_consistency_helpers_decode_given_latents(pipe):
+def test_interpolation_and_consistency_helpers_decode_given_latents(mnist_pipe):
     rng = np.random.default_rng(0)
     z0, z1 = rng.standard_normal((2, 1, 16, 16), dtype=np.float32)
-    images = interpolation(pipe, z0, z1, num=3, num_inference_steps=2)
+    images = interpolation(mnist_pipe, z0, z1, num=3, num_inference_steps=2)
     assert images.shape == (3, 16, 16, 1)
-    ends = pipe(batch_size=2, latents=np.stack([z0, z1]), num_inference_steps=2, output_type="np").images
+    ends = mnist_pipe(batch_size=2, latents=np.stack([z0, z1]), num_inference_steps=2, output_type="np").images
     np.testing.assert_allclose(images[[0, -1]], ends, atol=1e-5)
-    grids = consistency_images(pipe, np.stack([z0, z1]), steps=(2, 5))
+    grids = consistency_images(mnist_pipe, np.stack([z0, z1]), steps=(2, 5))
     assert sorted(grids) == [2, 5] and grids[2].shape == (2, 16, 16, 1)
     np.testing.assert_allclose(grids[2], ends, atol=1e-6)
 
 
-def test_eta_sweep_scores_every_eta_and_sigma_hat(pipe):
-    table = eta_sweep(pipe, score=lambda images: float(images.mean()), etas=(0.0, 1.0), steps=(2, 3), batch_size=2)
+def test_eta_sweep_scores_every_eta_and_sigma_hat(mnist_pipe):
+    table = eta_sweep(mnist_pipe, score=lambda images: float(images.mean()), etas=(0.0, 1.0), steps=(2, 3),
+                      batch_size=2)
     assert sorted(table, key=str) == sorted([(0.0, 2), (1.0, 2), ("σ̂", 2), (0.0, 3), (1.0, 3), ("σ̂", 3)], key=str)
+
+
+SWEEP_BOUND = 2e-4  # max |cell − diffusers' run| over images in [0, 1] (random UNet, S ≤ 5); measured 1.6e-5
+
+
+def diffusers_sweep_cell(model, scheduler_config, row, S, batch_size, seed, monkeypatch):
+    """The images of one eta_sweep cell, made by diffusers' DDIMPipeline (row η) or DDPMPipeline with
+    variance_type="fixed_large" (row σ̂), from x_T = the seed's standard normal draw and the noise of
+    the generator seed + 1, drawn in the order the samplers use it."""
+    import torch
+    import diffusers
+    import diffusers.pipelines.ddim.pipeline_ddim as ddim_pipeline
+    import diffusers.pipelines.ddpm.pipeline_ddpm as ddpm_pipeline
+    import diffusers.schedulers.scheduling_ddim as ddim_scheduling
+    import diffusers.schedulers.scheduling_ddpm as ddpm_scheduling
+
+    latents = np.random.default_rng(seed).standard_normal((batch_size, 1, 16, 16), dtype=np.float32)
+    noise = np.random.default_rng(seed + 1)
+    for module in (ddim_pipeline, ddpm_pipeline):
+        monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: torch.from_numpy(latents.copy()))
+    for module in (ddim_scheduling, ddpm_scheduling):
+        monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: torch.from_numpy(
+            noise.standard_normal(tuple(shape), dtype=np.float32)))
+    if row == "σ̂":
+        scheduler = diffusers.DDPMScheduler.from_config({**scheduler_config, "variance_type": "fixed_large"})
+        pipe, kwargs = diffusers.DDPMPipeline(unet=model, scheduler=scheduler), {}
+    else:
+        scheduler = diffusers.DDIMScheduler.from_config(scheduler_config)
+        pipe, kwargs = diffusers.DDIMPipeline(unet=model, scheduler=scheduler), {"eta": row}
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=batch_size, num_inference_steps=S, output_type="np", **kwargs).images
+
+
+def test_eta_sweep_cells_are_the_runs_of_diffusers_pipelines(mnist_pipe, mnist_model, monkeypatch):
+    """Table 1: each (η, S) cell is DDIM with that η, and σ̂ is DDPM with β of the jump, from one x_T."""
+    from models import SCHEDULER
+
+    table = eta_sweep(mnist_pipe, score=lambda images: images, etas=(0.0, 0.5, 1.0), steps=(2, 5), batch_size=3,
+                      seed=4)
+    cells = {}
+    for (row, S), images in table.items():
+        theirs = diffusers_sweep_cell(mnist_model, SCHEDULER, row, S, 3, 4, monkeypatch)
+        assert images.shape == theirs.shape == (3, 16, 16, 1)
+        assert max_abs(images, theirs) <= SWEEP_BOUND, (row, S)
+        cells[(row, S)] = images
+    for S in (2, 5):  # the rows differ: η and σ̂ are used (by far more than the bound)
+        rows = [cells[(row, S)] for row in (0.0, 0.5, 1.0, "σ̂")]
+        assert min(np.abs(a - b).max() for i, a in enumerate(rows) for b in rows[i + 1:]) > 1e-2
 
 
 class GaussianDataUNet:
@@ -91,12 +133,12 @@ def test_inversion_error_falls_with_steps_for_the_exact_gaussian_model():
     assert np.isclose(np.sqrt(np.mean(per_image[20] ** 2)), errors[20], rtol=1e-5)  # RMSE over all pixels
 
 
-def test_invert_accepts_pil_images_and_checks_their_shape(pipe):
-    images = pipe(batch_size=2, generator=0, num_inference_steps=2).images
-    latents = pipe.invert(images, num_inference_steps=2, progress=False)
+def test_invert_accepts_pil_images_and_checks_their_shape(mnist_pipe):
+    images = mnist_pipe(batch_size=2, generator=0, num_inference_steps=2).images
+    latents = mnist_pipe.invert(images, num_inference_steps=2, progress=False)
     assert latents.shape == (2, 1, 16, 16) and np.isfinite(latents).all()
     with pytest.raises(ValueError, match="images are"):
-        pipe.invert(np.zeros((1, 8, 8, 1), np.float32), num_inference_steps=2)
+        mnist_pipe.invert(np.zeros((1, 8, 8, 1), np.float32), num_inference_steps=2)
 
 
 # ---- custom timesteps --------------------------------------------------------------------------------
@@ -133,7 +175,8 @@ def test_reconstruction_error_over_quadratic_timesteps_falls_with_s_and_beats_le
     assert all(quad[S] < leading[S] for S in (10, 20, 100))       # leading: 0.057, 0.031, 0.0066
 
 
-def test_explore_helpers_pass_custom_timesteps_through(pipe):
+def test_explore_helpers_pass_custom_timesteps_through(mnist_pipe):
+    pipe = mnist_pipe
     rng = np.random.default_rng(0)
     z0, z1 = rng.standard_normal((2, 1, 16, 16), dtype=np.float32)
     timesteps = quadratic_timesteps(4)

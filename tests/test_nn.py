@@ -1,11 +1,20 @@
 """Each op against a naive loop (or torch, for the ones torch defines)."""
 
+import zlib
+
 import numpy as np
 import pytest
 
 from tinyddim import fastops, nn
 
-rng = np.random.default_rng(0)
+rng = None  # each test's own generator, set by `seeded` below
+
+
+@pytest.fixture(autouse=True)
+def seeded(request):
+    """Each test (each parameter set) draws its inputs from its own seed, whatever ran before it."""
+    global rng
+    rng = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def randn(*shape):
@@ -37,15 +46,33 @@ def test_conv2d_matches_naive_loop(kernel, stride, padding, fast):
                                atol=1e-5)
 
 
+def naive_group_norm(x, weight, bias, num_groups, eps):
+    """(x − mean) / √(var + ε) · γ + β over each group of channels, a loop in float64."""
+    expected = np.empty(x.shape, dtype=np.float64)
+    size = x.shape[1] // num_groups
+    for b in range(x.shape[0]):
+        for g in range(num_groups):
+            chunk = x[b, size * g : size * (g + 1)].astype(np.float64)
+            expected[b, size * g : size * (g + 1)] = (chunk - chunk.mean()) / np.sqrt(chunk.var() + eps)
+    return expected * weight[None, :, None, None] + bias[None, :, None, None]
+
+
 def test_group_norm_matches_naive_loop():
     x, weight, bias = randn(2, 6, 4, 5), randn(6), randn(6)
-    expected = np.empty_like(x, dtype=np.float64)
-    for b in range(2):
-        for g in range(3):
-            chunk = x[b, 2 * g : 2 * g + 2].astype(np.float64)
-            expected[b, 2 * g : 2 * g + 2] = (chunk - chunk.mean()) / np.sqrt(chunk.var() + 1e-6)
-    expected = expected * weight[None, :, None, None] + bias[None, :, None, None]
-    np.testing.assert_allclose(nn.group_norm(x, weight, bias, num_groups=3, eps=1e-6), expected, atol=1e-5)
+    expected = naive_group_norm(x, weight, bias, 3, 1e-6)
+    np.testing.assert_allclose(nn.group_norm(x, weight, bias, num_groups=3, eps=1e-6), expected,
+                               atol=3e-6)  # measured 2.6e-7
+
+
+@pytest.mark.parametrize("scale,eps", [(1e-2, 1e-4), (1.0, 0.5), (1e-3, 1e-5)])
+def test_group_norm_adds_eps_to_the_variance_where_it_matters(scale, eps):
+    """Small-variance data or a large ε: √(var + ε) differs from √var by 10% and more."""
+    x, weight, bias = scale * randn(2, 6, 4, 5), randn(6), randn(6)
+    expected = naive_group_norm(x, weight, bias, 3, eps)
+    without_eps = naive_group_norm(x, weight, bias, 3, 0.0)
+    assert np.abs(expected - without_eps).max() > 0.1  # ε shows in the output
+    np.testing.assert_allclose(nn.group_norm(x, weight, bias, num_groups=3, eps=eps), expected,
+                               atol=5e-6)  # measured 4.2e-7
 
 
 def test_attention_matches_naive_loop():
@@ -56,14 +83,14 @@ def test_attention_matches_naive_loop():
             scores = np.array([q[b, i] @ k[b, j] / 2.0 for j in range(7)], dtype=np.float64)
             weights = np.exp(scores) / np.exp(scores).sum()
             expected[b, i] = sum(weights[j] * v[b, j] for j in range(7))
-    np.testing.assert_allclose(nn.attention(q, k, v), expected, atol=1e-5)
+    np.testing.assert_allclose(nn.attention(q, k, v), expected, atol=1e-6)  # measured 5.0e-8
 
 
 def test_linear_silu_and_upsample_match_definitions():
     x, weight, bias = randn(3, 4), randn(5, 4), randn(5)
     expected = np.array([[sum(x[i, k] * weight[o, k] for k in range(4)) + bias[o] for o in range(5)]
                          for i in range(3)])
-    np.testing.assert_allclose(nn.linear(x, weight, bias), expected, atol=1e-5)
+    np.testing.assert_allclose(nn.linear(x, weight, bias), expected, atol=5e-6)  # measured 4.8e-7
     np.testing.assert_allclose(nn.silu(x), x / (1 + np.exp(-x.astype(np.float64))), atol=1e-6)
     image = randn(1, 2, 3, 4)
     up = nn.upsample_nearest(image)
