@@ -51,8 +51,8 @@ BUGS = [
     ("ddpm.py", "if kind in (\"fixed_large\", \"fixed_large_log\"):\n            return math.sqrt(beta_t)",
      "if kind in (\"fixed_large\", \"fixed_large_log\"):\n            return math.sqrt(beta_tilde)",
      "fixed_large uses β̃_t (σ̂ has the small variance)"),
-    ("ddpm.py", "coef_xt = math.sqrt(1 - beta_t) * (1 - alpha_bar_prev)", "coef_xt = (1 - beta_t) * (1 - alpha_bar_prev)",
-     "μ̃_t: α_t instead of √α_t"),
+    ("ddpm.py", "coef_xt = math.sqrt(1 - beta_t) * (1 - alpha_bar_prev)",
+     "coef_xt = (1 - beta_t) * (1 - alpha_bar_prev)", "μ̃_t: α_t instead of √α_t"),
     ("ddpm.py", "        if t > 0:\n", "        if t >= 0:\n", "DDPM adds noise at t = 0"),
     ("ddpm.py", "frac = (predicted_variance + 1) / 2", "frac = (predicted_variance + 1) / 2.2",
      "learned_range interpolation off"),
@@ -98,8 +98,8 @@ BUGS = [
      "Winograd kernel transform G off by 1%"),
     ("fastops.py", "out[:, :, :, 0] = out[:, :, :, -1] = 0", "out[:, :, :, 0] = 0",
      "Winograd right padding column left uninitialised"),
-    ("fastops.py", "y += z[:, i, j, :, i : i + out_h, j : j + out_w]", "y += z[:, i, j, :, j : j + out_h, i : i + out_w]",
-     "few-output conv: taps transposed"),
+    ("fastops.py", "y += z[:, i, j, :, i : i + out_h, j : j + out_w]",
+     "y += z[:, i, j, :, j : j + out_h, i : i + out_w]", "few-output conv: taps transposed"),
     # ---- unet.py ----
     ("unet.py", "* (1 + scale) + shift", "* scale + shift", "scale_shift norm without the 1 +"),
     ("unet.py", "return (out + x) / output_scale", "return out + x", "attention ignores mid_block_scale_factor"),
@@ -109,7 +109,8 @@ BUGS = [
 
 
 def copy_repo(dst):
-    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", "notebooks", "docs", "*.egg-info")
+    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", "notebooks", "docs",
+                                    "*.egg-info")
     shutil.copytree(ROOT, dst, ignore=ignore)
 
 

@@ -6,9 +6,9 @@ import pytest
 from models import FAMILIES, diffusers_unet, save_pipeline_folder, torch_eps
 from tinyddim import UNet2DModel
 
-# max |ε ours − ε diffusers| (float32): measured 1.0e-6 – 2.1e-6 over the tests below (diffusers 0.42.1, torch 2.13.0,
-# 1 and 2 threads); the bound is about 10x the largest
-TOLERANCE = 2e-5
+# max |ε ours − ε diffusers| (float32): measured 1.0e-6 – 2.2e-6 over the tests below (diffusers 0.42.1,
+# torch 2.13.0, 1 and 2 threads); the bound is about 10x the largest
+TOLERANCE = 2.5e-5
 
 
 def eps_diff(unet, model, x, t):

@@ -13,7 +13,7 @@ from models import save_pipeline_folder, torch_eps
 from tinyddim import DDIMPipeline, UNet2DModel, convert
 
 X = np.random.default_rng(0).standard_normal((2, 1, 16, 16), dtype=np.float32)
-UNET_PARITY = 2e-5  # max |ε ours − ε diffusers| of the loaded weights; measured 2.2e-6
+UNET_PARITY = 2.5e-5  # max |ε ours − ε diffusers| of the loaded weights; measured 2.4e-6
 FLOAT16 = 1e-2  # the same with the weights rounded to float16 (diffusers keeps float32); measured 1.1e-3
 
 
