@@ -82,3 +82,30 @@ def bundled_torch():
     from tinyddim.pipelines import BUNDLED_MODEL
 
     return models.diffusers_unet_from_file(BUNDLED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def bundled_pipe():
+    """The bundled model's DDIMPipeline, loaded once (tests must not change its scheduler)."""
+    import tinyddim
+
+    return tinyddim.default_pipeline()
+
+
+@pytest.fixture(scope="session")
+def one_process_folder(bundled_pipe, tmp_path_factory):
+    """make(n, **run): a folder of n images sampled by the bundled model in one process, made once per
+    settings; the folder that sharded, resumed and distributed runs must reproduce."""
+    import tinyddim
+
+    made = {}
+
+    def make(n, **run):
+        key = (n, tuple(sorted(run.items())))
+        if key not in made:
+            made[key] = tmp_path_factory.mktemp("one_process") / "samples"
+            result = tinyddim.sample_to_folder(made[key], n, pipeline=bundled_pipe, **run)
+            assert (result.written, result.skipped, result.in_folder) == (n, 0, n)
+        return made[key]
+
+    return make

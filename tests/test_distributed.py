@@ -31,15 +31,13 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return td.default_pipeline()
+def pipe(bundled_pipe):
+    return bundled_pipe
 
 
 @pytest.fixture(scope="module")
-def reference(pipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one_process") / "samples"
-    td.sample_to_folder(out, N, pipeline=pipe, **RUN)
-    return out
+def reference(one_process_folder):
+    return one_process_folder(N, **RUN)
 
 
 def same_pngs(a, b, names=None):

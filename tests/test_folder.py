@@ -26,17 +26,14 @@ RUN = dict(num_inference_steps=3, batch_size=4, progress=False)
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return td.default_pipeline()
+def pipe(bundled_pipe):
+    return bundled_pipe
 
 
 @pytest.fixture(scope="module")
-def reference(pipe, tmp_path_factory):
+def reference(one_process_folder):
     """10 images, 3 steps, batch 4, in one run: the folder the other runs must reproduce."""
-    out = tmp_path_factory.mktemp("reference") / "samples"
-    result = td.sample_to_folder(out, 10, pipeline=pipe, **RUN)
-    assert (result.written, result.skipped, result.in_folder) == (10, 0, 10)
-    return out
+    return one_process_folder(10, **RUN)
 
 
 def pngs(out):

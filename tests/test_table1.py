@@ -20,8 +20,8 @@ SEED, INDICES, S = 3, (0, 5), 4
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return td.default_pipeline()
+def pipe(bundled_pipe):
+    return bundled_pipe
 
 
 def reference(pipe, row, spacing, monkeypatch):
