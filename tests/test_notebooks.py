@@ -1,6 +1,7 @@
 """The teaching notebooks: committed without outputs, built on the library, and run top to bottom offline."""
 
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -68,7 +69,10 @@ def test_equation_numbers_match_the_docstrings():
         tinyddim.ddim.__doc__
     assert "DDIM Eq. 12" in text["02_one_ddim_step"] and "(DDIM Eq. 12)" in tinyddim.ddim.ddim_step.__doc__
     assert "DDIM Eq. 16" in text["02_one_ddim_step"] and "(DDIM Eq. 16)" in tinyddim.ddim.ddim_sigma.__doc__
-    assert "DDIM Eq. 13" in text["04_sampling"] and "Eq. 13" in tinyddim.inversion.__doc__
+    assert "DDIM Eq. 14" in text["04_sampling"] and "Eq. 14" in tinyddim.inversion.__doc__
+    assert "(DDIM Eq. 13)" in tinyddim.ode.__doc__ and "(DDIM Eq. 14)" in tinyddim.ode.__doc__
+    for name, markdown_text in text.items():  # Eq. 13 is the rewritten update, never the ODE
+        assert not re.search(r"ODE[^.$]*Eq\. \(?13|Eq\. \(?13\)?[^.]*\bODE\b", markdown_text), f"{name}: the ODE is Eq. 14"
     assert "DDPM Algorithm 2" in text["04_sampling"] and "Alg. 2" in tinyddim.ddpm.ddpm_step.__doc__
     assert "DDPM Eq. 4" in text["01_forward_process"] and "(DDPM Eq. 4)" in tinyddim.DDIMScheduler.add_noise.__doc__
 

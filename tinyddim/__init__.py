@@ -6,7 +6,7 @@
     images = pipe(batch_size=4, generator=0, num_inference_steps=50).images
 """
 
-from . import explore, mnist, viz
+from . import exact_eps, explore, mnist, ode, viz
 from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step
