@@ -60,6 +60,55 @@ def test_notebook_imports_the_library_and_shows_its_source(path):
         assert "$$" in markdown(notebook)
 
 
+def _imports(source, at_import_time=False):
+    """Top-level module names a piece of code imports, except inside `try: … except ImportError` (optional ones);
+    at_import_time=True also leaves out imports inside functions and classes (run only when called)."""
+    import ast
+
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    optional = set()
+    for node in ast.walk(tree):
+        if at_import_time and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            optional.update(id(n) for child in node.body for n in ast.walk(child))
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers):
+            optional.update(id(n) for child in node.body for n in ast.walk(child))
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_notebooks_import_only_what_the_notebooks_extra_installs():
+    """`pip install -e ".[notebooks]"` is all the README asks for: the core dependencies, Jupyter, the standard
+    library and tinyddim. torch and diffusers (the `test` extra) may only be imported where an ImportError is caught."""
+    import tomllib
+
+    project = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    distributions = project["dependencies"] + project["optional-dependencies"]["notebooks"]
+    modules = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("-", "_") for d in distributions}
+    modules |= {"PIL" for name in list(modules) if name == "pillow"} | {"IPython", "tinyddim"}
+    for path in PATHS:
+        code = "\n".join(cell["source"] for cell in code_cells(read(path)))
+        extra = _imports(code) - modules - set(sys.stdlib_module_names)
+        assert not extra, f"{path.name} imports {sorted(extra)}, which pip install -e '.[notebooks]' does not install"
+    for path in (NOTEBOOKS.parent / "tinyddim").glob("*.py"):  # what `import tinyddim` pulls in at import time
+        extra = _imports(path.read_text(encoding="utf-8"), at_import_time=True) - modules - set(sys.stdlib_module_names)
+        assert not extra, f"tinyddim/{path.name} imports {sorted(extra)} at import time"
+
+
+def test_the_import_scan_sees_imports_and_spares_optional_ones():
+    assert _imports("import torch\nfrom diffusers.models import UNet2DModel\n%matplotlib inline") == {"torch", "diffusers"}
+    assert _imports("try:\n    import torch\nexcept ImportError:\n    torch = None\nimport numpy as np") == {"numpy"}
+    assert _imports("if True:\n    import torch") == {"torch"}  # a branch is no excuse
+    assert _imports("def f():\n    import cupy", at_import_time=True) == set() and _imports("def f():\n    import cupy") == {"cupy"}
+
+
 def test_equation_numbers_match_the_docstrings():
     """A notebook that names DDIM Eq. 9/12/13/16 or DDPM Algorithm 2 uses the numbers the code does."""
     import tinyddim
