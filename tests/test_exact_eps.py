@@ -157,3 +157,25 @@ def test_heun_is_second_order_on_gaussian_data_where_the_exact_flow_is_known():
     assert evaluations(10, 1) == 10 and evaluations(10, 2) == 19
     with pytest.raises(ValueError, match="order must be"):
         ode_sample(model, sched, latents, 3, order=3)
+
+
+def test_ode_sample_takes_its_own_timesteps_and_leaves_the_scheduler_alone():
+    data, sched = data_points(4), scheduler()
+    model = ExactEps(data, sched.alpha_bar)
+    latents = np.random.default_rng(10).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    sched.set_timesteps(7)
+    before = sched.timesteps.copy()
+    given = ode_sample(model, sched, latents, order=1, timesteps=[900, 600, 300, 0])
+    assert np.array_equal(sched.timesteps, before)
+    x, x_at = latents, {}
+    for t, t_prev in ((900, 600), (600, 300), (300, 0), (0, -1)):  # Eq. 13 by hand
+        a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
+        x = math.sqrt(a_prev) * (x / math.sqrt(a_t) + (math.sqrt((1 - a_prev) / a_prev) - math.sqrt((1 - a_t) / a_t))
+                                 * model(x, t))
+        x_at[t_prev] = x
+    np.testing.assert_allclose(given, x, atol=1e-5)
+    midway = ode_sample(model, sched, latents, order=1, timesteps=[900, 600], stop_at=300)
+    np.testing.assert_allclose(midway, x_at[300], atol=1e-5)
+    assert np.abs(ode_sample(model, sched, latents, order=2, timesteps=[900, 600], stop_at=300) - midway).max() > 1e-3
+    with pytest.raises(ValueError, match="descend strictly"):
+        ode_sample(model, sched, latents, timesteps=[300, 600])

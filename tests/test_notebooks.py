@@ -10,7 +10,7 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["01_forward_process", "02_one_ddim_step", "03_unet_tour", "04_sampling", "05_interpolation_inversion",
-            "06_real_checkpoint"]
+            "06_real_checkpoint", "08_exercises"]
 PATHS = [NOTEBOOKS / f"{name}.ipynb" for name in EXPECTED]
 CELL_TIMEOUT = 180  # seconds; each notebook takes well under a minute in total on a laptop CPU
 
@@ -31,7 +31,7 @@ def markdown(notebook):
     return "\n".join(cell["source"] for cell in notebook["cells"] if cell["cell_type"] == "markdown")
 
 
-def test_the_six_notebooks_are_there_in_order():
+def test_the_notebooks_are_there_in_order():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == EXPECTED
 
 
@@ -120,8 +120,9 @@ def test_equation_numbers_match_the_docstrings():
     assert "DDIM Eq. 16" in text["02_one_ddim_step"] and "(DDIM Eq. 16)" in tinyddim.ddim.ddim_sigma.__doc__
     assert "DDIM Eq. 14" in text["04_sampling"] and "Eq. 14" in tinyddim.inversion.__doc__
     assert "(DDIM Eq. 13)" in tinyddim.ode.__doc__ and "(DDIM Eq. 14)" in tinyddim.ode.__doc__
-    for name, markdown_text in text.items():  # Eq. 13 is the rewritten update, never the ODE
-        assert not re.search(r"ODE[^.$]*Eq\. \(?13|Eq\. \(?13\)?[^.]*\bODE\b", markdown_text), f"{name}: the ODE is Eq. 14"
+    for name, markdown_text in text.items():  # Eq. 13 is the rewritten update, never the ODE itself
+        assert not re.search(r"ODE,?\s*\(?(of\s+)?(DDIM\s+)?Eq\.\s*\(?13", markdown_text), f"{name}: the ODE is Eq. 14"
+        assert not re.search(r"d\\bar x\(t\)[^$]*Eq\. 13", markdown_text), f"{name}: the ODE is Eq. 14"
     assert "DDPM Algorithm 2" in text["04_sampling"] and "Alg. 2" in tinyddim.ddpm.ddpm_step.__doc__
     assert "DDPM Eq. 4" in text["01_forward_process"] and "(DDPM Eq. 4)" in tinyddim.DDIMScheduler.add_noise.__doc__
 
@@ -150,3 +151,60 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
     assert not [output for output in outputs if output.output_type == "error"]
     pictures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert pictures, f"{path.name} shows no picture"
+
+
+def _execute(notebook):
+    import nbclient
+
+    nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+
+
+def _answer_cells(notebook):
+    cells = [cell for cell in notebook.cells if "answer" in cell.metadata.get("tags", [])]
+    names = [re.match(r"(?:def )?([A-Za-z_]\w*)", cell.source).group(1) for cell in cells]
+    return cells, names
+
+
+def test_the_exercise_solutions_pass_the_notebooks_checks(monkeypatch):
+    """Run 08_exercises with each answer cell replaced by the answer from notebooks/solutions.py."""
+    pytest.importorskip("nbclient", reason="pip install -e '.[notebooks]' to run the notebooks")
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOKS / "08_exercises.ipynb", as_version=4)
+    cells, names = _answer_cells(notebook)
+    assert names == ["algorithm2_mean", "sigma_squared_eta_one", "quadratic_timesteps", "invert_by_hand",
+                     "LEADING_S1_EXPLANATION"]
+    for cell, name in zip(cells, names):
+        cell.source = f"from solutions import {name}"
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    outputs = _execute(notebook)
+    assert not [output for output in outputs if output.output_type == "error"]
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "not answered yet" not in text
+    for passed in ("Exercise 1: Algorithm 2's mean equals", "Exercise 2: σ_t(η = 1)² = β̃_t", "quadratic, S = 10:",
+                   "Exercise 4: your codes equal pipe.invert's", "Your explanation:"):
+        assert passed in text
+
+
+def test_a_wrong_exercise_answer_fails_its_check(monkeypatch):
+    """The checks are not vacuous: rounding instead of flooring the quadratic timesteps is caught."""
+    nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[notebooks]' to run the notebooks")
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOKS / "08_exercises.ipynb", as_version=4)
+    cells, names = _answer_cells(notebook)
+    cells[names.index("quadratic_timesteps")].source = (
+        "def quadratic_timesteps(T, S):\n"
+        "    return np.unique(np.round(np.linspace(0, np.sqrt(0.8 * T), S) ** 2).astype(int))[::-1]")
+    notebook.cells = notebook.cells[: notebook.cells.index(cells[names.index("quadratic_timesteps")]) + 2]
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="AssertionError"):
+        _execute(notebook)
+
+
+def test_the_solutions_paste_no_library_function():
+    code = (NOTEBOOKS / "solutions.py").read_text(encoding="utf-8")
+    for name in ("ddim_step", "ddim_sigma", "ddpm_step", "ddim_invert"):
+        assert f"def {name}(" not in code

@@ -21,18 +21,27 @@ from .ddim import ddim_step
 ORDERS = (1, 2)
 
 
-def ode_sample(model, scheduler, latents, num_inference_steps=50, order=1):
+def ode_sample(model, scheduler, latents, num_inference_steps=50, order=1, timesteps=None, stop_at=-1):
     """x_0 (B, C, H, W) from x_T = `latents` along Eq. 14, over `scheduler`'s timesteps for S steps.
 
+    `timesteps`: a descending list of timesteps to step through instead (S = its length), each to the next
+    and the last to `stop_at`, with ᾱ from `scheduler.alpha_bar_at`; `scheduler` is then left untouched.
+    `stop_at`: −1 (ᾱ past the end: the image), or a timestep below the last one to return x_t there instead.
     order=1: Euler, the same numbers as DDIM with η = 0 and no clipping; order=2: Heun. No clipping
     of x̂_0 (the ODE has none). ε_θ is called S times (Euler) or 2S − 1 times (Heun): `evaluations`.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be 1 (Euler) or 2 (Heun), got {order!r}")
-    scheduler.set_timesteps(num_inference_steps)
+    if timesteps is None:
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps
+    timesteps = [int(t) for t in timesteps]
+    if not timesteps or any(a <= b for a, b in zip(timesteps, timesteps[1:])) or timesteps[-1] < 0 \
+            or timesteps[0] >= len(scheduler.alpha_bar) or not -1 <= stop_at < timesteps[-1]:
+        raise ValueError(f"timesteps must descend strictly within 0 … {len(scheduler.alpha_bar) - 1}, and stop_at "
+                         f"lie below them (or be −1); got {timesteps} and stop_at={stop_at}")
     x_t = to_device(latents, model.device)
-    for t in scheduler.timesteps.tolist():
-        t_prev = scheduler.previous_timestep(t)
+    for t, t_prev in zip(timesteps, timesteps[1:] + [stop_at]):
         alpha_bar_t, alpha_bar_prev = scheduler.alpha_bar_at(t), scheduler.alpha_bar_at(t_prev)
         eps = model(x_t, t)                                                        # slope at σ_t
         x_prev, _ = ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev)               # Euler, Eq. 13
