@@ -77,10 +77,15 @@ def invert_by_hand(unet, scheduler, x0, num_inference_steps):
 # leading: timesteps = arange(S)[::-1] · (T // S), so S = 1 gives [0] and S = 2 gives [500, 0]. At S = 1 the model
 # is asked only at t = 0, i.e. "x_T is a clean image with a trace of noise (1 − ᾱ_0 = 4e-5)": it predicts almost no
 # noise, x̂_0 = (x_T − √(1 − ᾱ_0) ε)/√ᾱ_0 ≈ x_T, and the "sample" is the Gaussian latent itself, clipped to the image
-# range. At S = 2 the first step pretends that pure noise is x_500, which should still carry √ᾱ_500 ≈ 0.70 of the
-# image: the model sees an input unlike anything it was trained on at that t. "trailing" starts at t = T − 1 = 999,
-# where x_T ~ N(0, I) is what q(x_T | x_0) really is, so S = 1 gives the network's best single guess (a blurred
-# average digit) and S = 2 already a rough digit. The first timestep must be where the noise level is that of x_T.
+# range (the check measures it). At S = 2 the first step pretends that pure noise is x_500, which should still carry
+# √ᾱ_500 ≈ 0.70 of the image: the model sees an input unlike anything it was trained on at that t, and the result is
+# a blob. The first timestep must be where the noise level is that of x_T ~ N(0, I).
+#
+# trailing starts there, at t = 999, but S = 1 fails too, differently: the one step is x̂_0 of Eq. 9, which divides by
+# √ᾱ_999 = 5e-5 (cosine schedule), so any error of the network's ε is magnified 20,000 times and clipping turns
+# x̂_0 into black-and-white speckle. (The exact ε of notebook 02 has no such error and gives the data mean instead.)
+# With S = 2 (999, 499) the second step repairs much of it and rough digits appear.
 
 LEADING_S1_EXPLANATION = ("leading spacing with S = 1 evaluates the model only at t = 0, where it predicts almost no "
-                          "noise, so the sample is x_T itself (clipped); start at t = T - 1 (trailing) instead")
+                          "noise, so the sample is x_T itself (clipped); trailing starts at the right noise level, "
+                          "t = 999, but one step there divides the network's error by sqrt(alpha_bar_999) = 5e-5")
