@@ -34,12 +34,14 @@ def embedding_figure(config):
     """The sinusoidal time embedding of the UNet (notebook 03)."""
     from matplotlib.figure import Figure
 
-    ts = np.arange(0, 1000, 10)
+    ts = np.arange(61)  # every t: the fastest channels turn over every 2π ≈ 6 steps, a coarser grid aliases them
     features = td.nn.timestep_embedding(ts, config.block_out_channels[0], config.flip_sin_to_cos, config.freq_shift)
     fig = Figure(figsize=(6, 2.4), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(features.T, aspect="auto", cmap="RdBu", extent=(0, 1000, features.shape[1], 0))
-    ax.set(xlabel="t", ylabel="feature", title="UNet time embedding: timestep_embedding(t)")
+    shown = ax.imshow(features.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest",
+                      extent=(-0.5, len(ts) - 0.5, features.shape[1] - 0.5, -0.5))
+    ax.set(xlabel="t", ylabel="channel", title="UNet time embedding: timestep_embedding(t), t = 0 … 60")
+    fig.colorbar(shown, ax=ax)
     return fig
 
 

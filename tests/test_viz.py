@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from tinyddim import DDIMScheduler, DDPMScheduler, ddim_sigma
 from tinyddim.schedules import make_betas, make_timesteps
 from tinyddim.trajectory import Trajectory
-from tinyddim.viz import (image_grid, plot_eta_table, plot_schedules, plot_sigmas, plot_timesteps,
+from tinyddim.viz import (image_grid, labelled_grid, plot_eta_table, plot_schedules, plot_sigmas, plot_timesteps,
                           trajectory_strip)
 
 
@@ -34,6 +34,25 @@ def test_image_grid_tiles_images_with_padding_and_scale():
     assert (pixels[0, :] == 255).all()  # padding is white
     rgb = image_grid(np.full((2, 4, 4, 3), 0.5))
     assert rgb.mode == "RGB" and np.asarray(rgb)[2, 2].tolist() == [128, 128, 128]
+
+
+def test_labelled_grid_labels_every_row_and_column_and_shows_the_values_unclipped():
+    images = np.random.default_rng(0).normal(size=(2, 3, 4, 4, 1)).astype(np.float32) * 3  # beyond [0, 1]
+    fig = labelled_grid(images, ["S = 1", "S = 2"], ["t = 0", "t = 1", "t = 2"], value_range=(-3, 3), colorbar=True)
+    axes = [ax for ax in fig.axes if ax.images]
+    image_axes, colorbars = axes[:6], fig.axes[6:]
+    assert [ax.get_title() for ax in image_axes[:3]] == ["t = 0", "t = 1", "t = 2"]
+    assert [image_axes[i].get_ylabel() for i in (0, 3)] == ["S = 1", "S = 2"]
+    for k, ax in enumerate(image_axes):  # the data themselves, on the stated scale
+        np.testing.assert_array_equal(ax.images[0].get_array(), images[k // 3, k % 3, :, :, 0])
+        assert ax.images[0].get_clim() == (-3, 3)
+    assert len(colorbars) == 1
+    flat = labelled_grid(images.reshape(6, 4, 4, 1), col_labels=list("abc"))
+    assert len(flat.axes) == 6 and flat.axes[4].get_title() == ""
+    with pytest.raises(ValueError, match="row_labels has 1 labels for 2 rows"):
+        labelled_grid(images, ["one"])
+    with pytest.raises(ValueError, match="do not fill rows"):
+        labelled_grid(images.reshape(6, 4, 4, 1), col_labels=list("abcd"))
 
 
 def test_plot_schedules_draws_beta_alpha_bar_and_snr_of_each_schedule():

@@ -8,7 +8,7 @@
     td.fid.fid_against_mnist("samples")                    # Fréchet distance to the MNIST test digits
 """
 
-from . import explore, fid, mnist, viz
+from . import exact_eps, explore, fid, mnist, ode, viz
 from .backend import get_array_module, to_device, to_numpy
 from .ddim import DDIMScheduler, ddim_sigma, ddim_step
 from .ddpm import DDPMScheduler, ddpm_step

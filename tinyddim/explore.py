@@ -92,8 +92,9 @@ def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=Fals
     """{S: per-pixel RMSE on a [0, 1] scale} of images encoded by DDIM inversion and decoded.   (Table 2)
 
     The decoder is `pipe`'s DDIM with η = 0 and, by default, without clipping x̂_0: the round trip is
-    the ODE of Eq. 13 both ways, and clipping (diffusers' default `clip_sample=True`) is not part of it;
-    with clipping the error no longer falls as S grows. per_image=True gives {S: (B,) RMSE of each image}.
+    the ODE of Eq. 14 both ways, and clipping (diffusers' default `clip_sample=True`) is not part of it:
+    a clipped decoder is a different map from the one inversion runs backwards (it can lower the error, by
+    clamping a flat background to black, or raise it). per_image=True gives {S: (B,) RMSE of each image}.
     """
     decoder = DDIMPipeline(pipe.unet, DDIMScheduler.from_config({**pipe.scheduler.config, "clip_sample": clip_sample}))
     target = ((as_x0(images) + 1) / 2).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C), in [0, 1]

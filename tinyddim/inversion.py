@@ -5,7 +5,8 @@ gives the encoder: from x_{t_prev} at ᾱ_prev, with ε = ε_θ(x_{t_prev}, t_pr
 
     x_t = √ᾱ_t · x̂_0 + √(1 − ᾱ_t) · ε,      x̂_0 = (x_{t_prev} − √(1 − ᾱ_prev) · ε) / √ᾱ_prev
 
-which is `ddim_step` with the two ᾱ swapped (an Euler step of the ODE, Eq. 13, in the other direction).
+which is `ddim_step` with the two ᾱ swapped: the update of Eq. 13, an Euler step of the ODE of Eq. 14, taken
+in the other direction (see `ode.py`).
 The model is evaluated at the current timestep, without clipping; the first step, from the image itself
 (ᾱ = 1 past the last step), evaluates it at the first timestep it climbs to.
 """

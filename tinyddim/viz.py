@@ -1,6 +1,7 @@
 """Pictures for reading the paper: image grids (PIL) and matplotlib figures of schedules and sampling runs.
 
     image_grid        samples tiled into one PIL image
+    labelled_grid     a grid of images with a label on each row and column (t, S, η …), as a figure
     plot_schedules    β_t, ᾱ_t and SNR_t = ᾱ_t / (1 − ᾱ_t) for the beta schedules
     plot_timesteps    the S timesteps of leading / trailing / linspace spacing
     plot_sigmas       σ_t(η) of DDIM Eq. 16 over the (t, t_prev) pairs of a timestep list
@@ -40,6 +41,48 @@ def image_grid(images, ncols=None, scale=1, padding=2):
         grid[top : top + height, left : left + width] = image
     picture = Image.fromarray(grid[:, :, 0] if channels == 1 else grid)
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+
+
+def labelled_grid(images, row_labels=None, col_labels=None, value_range=(0.0, 1.0), colorbar=False, title=None,
+                  size=1.0, cmap="gray"):
+    """A figure of images in rows and columns, each row and column labelled (e.g. "t = 500", "η = 1").
+
+    `images`: floats (R, K, H, W, C), or (R·K, H, W, C) with K = len(col_labels) (or one row). Pixels are shown
+    on the scale `value_range` (lo, hi); values outside it saturate, and `colorbar=True` draws the scale (with
+    arrows at the ends) so that nothing is clipped silently. `size`: inches per image.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4:
+        ncols = len(col_labels) if col_labels is not None else len(images)
+        if len(images) % ncols:
+            raise ValueError(f"{len(images)} images do not fill rows of {ncols} columns (one per column label)")
+        images = images.reshape((len(images) // ncols, ncols) + images.shape[1:])   # (R·K, ...) -> (R, K, ...)
+    if images.ndim != 5 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be (R, K, H, W, C) or (R·K, H, W, C) with C = 1 or 3, got {images.shape}")
+    nrows, ncols = images.shape[:2]
+    for name, labels, count in (("row_labels", row_labels, nrows), ("col_labels", col_labels, ncols)):
+        if labels is not None and len(labels) != count:
+            raise ValueError(f"{name} has {len(labels)} labels for {count} {name[:3]}s")
+    lo, hi = value_range
+    fig, axes = _figure(size * ncols + (0.8 if row_labels is not None else 0.1) + (0.7 if colorbar else 0),
+                        size * nrows + (0.3 if col_labels is not None else 0.1) + (0.3 if title else 0), nrows, ncols)
+    for i in range(nrows):
+        for j in range(ncols):
+            ax, image = axes[i * ncols + j], images[i, j]
+            if image.shape[-1] == 1:
+                shown = ax.imshow(image[:, :, 0], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            else:
+                shown = ax.imshow(np.clip((image - lo) / (hi - lo), 0, 1), interpolation="nearest")
+            ax.set(xticks=[], yticks=[])
+            if i == 0 and col_labels is not None:
+                ax.set_title(str(col_labels[j]), fontsize=9)
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(str(row_labels[i]), fontsize=9, rotation=0, ha="right", va="center")
+    if colorbar:
+        fig.colorbar(shown, ax=axes, shrink=0.8, extend="both")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def _as_uint8(images):

@@ -2,7 +2,7 @@
 
 (a) Table 2: DDIM inversion. N real MNIST test digits (resized to the model's size as in training: `tinyddim.mnist`) are
     encoded with `pipe.invert` and decoded with η = 0 and the same S steps; the per-pixel RMSE on a [0, 1]
-    scale is reported for S in (10, 20, 50, 100). Encoder and decoder are the η = 0 ODE (DDIM Eq. 13), so the
+    scale is reported for S in (10, 20, 50, 100). Encoder and decoder are the η = 0 ODE (DDIM Eq. 14), so the
     decoder does not clip x̂_0 (`clip_sample=False`); --also-clipped adds a row with the model's own config.
 (b) Table 1: sample quality against η ∈ {0, 0.5, 1}, DDPM's larger variance σ̂, and S, all from the same x_T
     (`tinyddim.explore.eta_sweep`). The score is conf_ratio from scripts/mnist/mnist_quality.py: the fraction of
