@@ -10,7 +10,7 @@ import diffusers
 from tinyddim.config import Config
 from tinyddim.ddim import DDIMScheduler
 from tinyddim.ddpm import DDPMScheduler
-from tinyddim.schedules import make_betas, make_timesteps, quadratic_timesteps
+from tinyddim.schedules import dynamic_threshold, make_betas, make_timesteps, quadratic_timesteps
 
 SCHEDULES = [
     {"beta_schedule": "linear"},
@@ -234,6 +234,18 @@ def test_add_noise_matches_diffusers_with_one_timestep_per_example():
         ref = diffusers.DDPMScheduler(**config).add_noise(*map(torch.from_numpy, (x0, noise, t)))
         assert ours.dtype == np.float32
         assert np.abs(ours - ref.numpy()).max() < 2e-5  # diffusers rounds ᾱ to float32
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5, 4.0])
+def test_dynamic_threshold_matches_diffusers_below_and_above_one(scale):
+    """s = clip(quantile of |x̂_0|, 1, max): below 1 nothing changes; above, x̂_0 is clipped to ±s and divided by s."""
+    x0 = scale * np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    ref = diffusers.DDIMScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0)
+    theirs = ref._threshold_sample(torch.from_numpy(x0)).numpy()
+    ours = dynamic_threshold(x0, ratio=0.9, max_value=2.0)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-7)  # measured 0: the same float32 quantile and division
+    if scale < 1:
+        np.testing.assert_array_equal(ours, x0)
 
 
 def test_add_noise_with_one_int_timestep_broadcasts():
