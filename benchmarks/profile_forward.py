@@ -1,6 +1,7 @@
-"""Where a forward pass of the cifar10-32 architecture spends its time, op by op.
+"""Where a forward pass spends its time, op by op: the cifar10-32 architecture, or the bundled model.
 
     python benchmarks/profile_forward.py --batch 8 --threads 2
+    python benchmarks/profile_forward.py --arch bundled --batch 64 --threads 1
 
 Wraps the ops that `tinyddim.unet` calls (and the im2col and Winograd pieces inside conv2d) with
 timers, runs a few forwards and prints milliseconds per forward. Nested pieces are included in conv2d.
@@ -19,6 +20,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arch", default="cifar10", choices=("cifar10", "ddpm-256", "bundled"))
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from unet_speed import models, set_threads
@@ -47,8 +49,8 @@ def main():
     for name, label in (("_im2col", "conv2d: im2col copies"), ("_input_transform", "conv2d: Winograd input"),
                         ("_output_transform", "conv2d: Winograd output")):
         timed(fastops, name, label)
-    _, unet = models("cifar10")
-    x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
+    _, unet = models(args.arch)
+    x = np.random.default_rng(0).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)
     unet(x, 500)
     totals.clear()
     start = time.perf_counter()

@@ -43,15 +43,22 @@ def set_threads(threads):
 
 
 def models(arch, seed=0):
-    """(diffusers model, tinyddim UNet2DModel) with the same random weights."""
+    """(diffusers model, tinyddim UNet2DModel) with the same weights: random ones in the shape of `arch`,
+    or the bundled model's (arch "bundled")."""
     import torch
     from diffusers import UNet2DModel as TorchUNet
 
+    from tinyddim.pipelines import BUNDLED_MODEL
     from tinyddim.unet import UNet2DModel
-    from tinyddim.weights import to_tree, unet_config
+    from tinyddim.weights import read_metadata, read_state_dict, to_tree, unet_config
 
     torch.manual_seed(seed)
-    torch_model = TorchUNet(**ARCHITECTURES[arch]).eval()
+    if arch == "bundled":
+        torch_model = TorchUNet(**json.loads(read_metadata(BUNDLED_MODEL)["unet_config"])).eval()
+        torch_model.load_state_dict({key: torch.from_numpy(value.astype("float32"))
+                                     for key, value in read_state_dict(BUNDLED_MODEL).items()})
+    else:
+        torch_model = TorchUNet(**ARCHITECTURES[arch]).eval()
     state = {key: value.detach().numpy().copy() for key, value in torch_model.state_dict().items()}
     return torch_model, UNet2DModel(unet_config(dict(torch_model.config)), to_tree(state))
 

@@ -128,7 +128,7 @@ def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
     weight = randn(16, 16, 3, 3)
     for x, stride, padding in ((randn(1, 16, 17, 16), 1, 1), (randn(1, 16, 16, 16), 2, 1),
-                               (randn(1, 16, 8, 8), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
+                               (randn(1, 16, 2, 2), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
         assert not fastops._winograd_applies(x, weight, stride, padding)
     assert not fastops._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
     assert not fastops._winograd_applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
@@ -143,3 +143,30 @@ def test_conv_to_few_channels_multiplies_first_and_matches_the_naive_loop(kernel
     expected = naive_conv2d(x, weight, bias, 1, (top, bottom, left, right))
     np.testing.assert_allclose(fastops._conv_few_outputs(padded, weight, bias), expected, atol=2e-5)
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=padding), expected, atol=2e-5)
+
+
+def test_fast_attention_matches_the_plain_op_over_many_small_heads_and_large_scores():
+    q, k, v = randn(3, 8, 64, 8), randn(3, 8, 64, 8), randn(3, 8, 64, 8)
+    plain = nn.attention(q, k, v, fast=False)
+    np.testing.assert_allclose(fastops.attention(q, k, v), plain, atol=5e-6)  # measured 4.8e-7
+    q_big = 30 * q  # scores up to ~1e3: exp would overflow without the shift by the row maximum
+    fast = nn.attention(q_big, k, v)
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, nn.attention(q_big, k, v, fast=False), atol=1e-4)  # measured 8.7e-6
+
+
+@pytest.mark.parametrize("grids", [0, 128], ids=["tile-by-tile", "whole-grids"])
+@pytest.mark.parametrize("shape,tiles", [((2, 16, 8, 8), 1), ((3, 20, 4, 6), 7), ((1, 16, 16, 20), 256)])
+def test_both_winograd_transforms_match_the_plain_product_for_any_block_size(grids, shape, tiles, monkeypatch):
+    monkeypatch.setattr(fastops, "WINOGRAD_GRIDS", grids)
+    monkeypatch.setattr(fastops, "WINOGRAD_TILES", tiles)
+    x, weight, bias = randn(*shape), randn(24, shape[1], 3, 3), randn(24)
+    expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
+    np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
+
+
+def test_winograd_covers_small_images_only_with_few_channels():
+    assert fastops._winograd_applies(randn(1, 64, 4, 4), randn(64, 64, 3, 3), 1, 1)  # the bundled model's 4x4
+    assert fastops._winograd_applies(randn(1, 128, 8, 8), randn(64, 128, 3, 3), 1, 1)
+    assert not fastops._winograd_applies(randn(1, 256, 8, 8), randn(256, 256, 3, 3), 1, 1)  # cifar10's 8x8
+    assert fastops._winograd_applies(randn(1, 256, 16, 16), randn(256, 256, 3, 3), 1, 1)

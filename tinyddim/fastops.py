@@ -11,6 +11,8 @@ always; on a GPU when one im2col buffer would be too large). What each trick buy
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
                         output block instead of 36 (the bulk of the UNet's FLOPs)
     silu_inplace        SiLU over a buffer the caller owns, one example at a time: no second full-size array
+    attention           softmax(q kᵀ / √d) v with 1/√d applied to q (d columns, not the tokens²
+                        scores) and the softmax done in place: one scores array, four passes over it
 
 `benchmarks/profile_forward.py` shows the time of each; `benchmarks/README.md` the measured speed.
 """
@@ -127,6 +129,16 @@ def silu_inplace(x):
     return x
 
 
+def attention(q, k, v):
+    """`nn.attention`, fast on the CPU: many small heads (the bundled model's 8 per image, 64 tokens) spend
+    their time in passes over the (..., tokens, tokens) scores, so there is one such array, worked in place."""
+    scores = (q * np.float32(1 / np.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # (..., N, d) @ (..., d, N) -> (..., N, N)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores *= 1 / scores.sum(axis=-1, keepdims=True)
+    return scores @ v
+
+
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
 #
 # Each 2x2 block of a 3x3 convolution's output depends on a 4x4 tile d of the input (tiles overlap by 2).
@@ -140,17 +152,21 @@ def silu_inplace(x):
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
 WINOGRAD_TILES = 128  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
+WINOGRAD_GRIDS = 128  # up to this many channels, the transforms run on whole parity grids (`_winograd_block`)
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
 _winograd_lock = threading.Lock()
 
 
 def _winograd_applies(x, weight, stride, padding):
-    """3x3, stride 1, padding 1, even sides of 16+ pixels (where the FLOPs are), 16 to 256x256 channels:
-    each transformed kernel is kept, at 16/9 of its weight's size, so the cache stays small; below 16
-    channels the transforms cost more than the products they save."""
+    """3x3, stride 1, padding 1, even sides, 16 to 256x256 channels: each transformed kernel is kept, at 16/9
+    of its weight's size, so the cache stays small; below 16 channels the transforms cost more than the
+    products they save. Sides of 16+ pixels (where the FLOPs are), or of 4+ with up to WINOGRAD_GRIDS
+    channels (the bundled model's 8x8 and 4x4 levels), where the whole-grid transforms beat im2col copies."""
     height, width = x.shape[2:]
+    smallest = 4 if max(weight.shape[:2]) <= WINOGRAD_GRIDS else 16
     return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
-        and min(height, width) >= 16 and min(weight.shape[:2]) >= 16 and weight.shape[0] * weight.shape[1] <= 256 * 256
+        and min(height, width) >= smallest and min(weight.shape[:2]) >= 16 \
+        and weight.shape[0] * weight.shape[1] <= 256 * 256
 
 
 def winograd_kernel(weight):
@@ -172,13 +188,18 @@ def conv3x3_winograd(x, weight, bias=None):
     batch, channels, height, width = x.shape
     kernel = winograd_kernel(weight)  # (16, O, C)
     y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
-    for images, rows in _blocks(batch, height // 2, width // 2, WINOGRAD_TILES):  # rows of 2x2 output blocks
-        n, count = images.stop - images.start, rows.stop - rows.start
+    grids = max(kernel.shape[1:]) <= WINOGRAD_GRIDS  # few channels: long passes over whole grids pay off
+    for images, rows in _blocks(batch, height // 2, width // 2 + grids, WINOGRAD_TILES * (1 + grids)):
+        padded = _padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1)  # (n, C, 2t+2, 2s+2)
+        out = y[images, :, 2 * rows.start : 2 * rows.stop]  # (n, O, 2t, 2s) view
+        if grids:
+            _winograd_block(padded, kernel, out)
+            continue
+        n, count = images.stop - images.start, rows.stop - rows.start  # many channels: tile by tile
         tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
-        _input_transform(_padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1), tiles)
+        _input_transform(padded, tiles)
         products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
-        out = y[images, :, 2 * rows.start : 2 * rows.stop].transpose(1, 0, 2, 3)  # (O, n, 2·count, W) view
-        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out)
+        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out.transpose(1, 0, 2, 3))
     if bias is not None:
         y += bias[:, None, None]
     return y
@@ -195,6 +216,53 @@ def _padded_rows(x, top, bottom):
     out[:, :, : first - top] = 0
     out[:, :, last - top :] = 0
     return out
+
+
+def _winograd_block(x, kernel, out):
+    """out (n, O, 2t, 2s) = the 3x3 conv of a padded block x (n, C, 2t+2, 2s+2), by Winograd F(2x2, 3x3).
+
+    The 4x4 tile of output block (a, b) is x[2a : 2a+4, 2b : 2b+4]. Split by the parity of row and column,
+    x becomes four grids par[p, q][a, b] = x[2a+p, 2b+q], and tile row i, column j is par[i%2, j%2] shifted
+    by (i//2, j//2): every transform is then a sum of whole shifted grids, long contiguous NumPy passes. The
+    column shift runs along each flattened grid, so each grid row gets one extra (unused) tile, b = s.
+    """
+    n, channels, t, s = x.shape[0], x.shape[1], x.shape[2] // 2 - 1, x.shape[3] // 2 - 1
+    par = np.empty((2, 2, channels, n, t + 1, s + 1), dtype=x.dtype)
+    for p in range(2):
+        for q in range(2):
+            par[p, q] = x[:, :, p::2, q::2].transpose(1, 0, 2, 3)  # (n, C, t+1, s+1) -> (C, n, t+1, s+1)
+    even, odd = par[0, :, :, :, :t], par[1, :, :, :, :t]  # grid rows a of parity 0 and 1, (2q, C, n, t, s+1)
+    below = par[0, :, :, :, 1:]  # parity-0 rows a + 1: tile row 2
+    odd_below = par[1, :, :, :, 1:]  # parity-1 rows a + 1: tile row 3
+    rows = np.empty((4, 2, channels, n, t, s + 1), dtype=x.dtype)  # Bᵀ d: rows 0..3, for each column parity
+    np.subtract(even, below, out=rows[0])  # d0 − d2
+    np.add(odd, below, out=rows[1])  # d1 + d2
+    np.subtract(below, odd, out=rows[2])  # d2 − d1
+    np.subtract(odd, odd_below, out=rows[3])  # d1 − d3
+    flat = rows.reshape(4, 2, -1)  # (4, 2q, C·n·t·(s+1)): column j of tile (a, b) is flat[:, j%2, f + j//2]
+    size = flat.shape[-1]
+    tiles = np.empty((4, 4, size), dtype=x.dtype)  # (Bᵀ d) B
+    tiles[:, :, -1] = 0  # the last grid column: an unused tile
+    np.subtract(flat[:, 0, :-1], flat[:, 0, 1:], out=tiles[:, 0, :-1])
+    np.add(flat[:, 1, :-1], flat[:, 0, 1:], out=tiles[:, 1, :-1])
+    np.subtract(flat[:, 0, 1:], flat[:, 1, :-1], out=tiles[:, 2, :-1])
+    np.subtract(flat[:, 1, :-1], flat[:, 1, 1:], out=tiles[:, 3, :-1])
+    m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·t·(s+1)) -> (16, O, n·t·(s+1))
+    m = m.reshape(4, 4, -1)
+    sums = np.empty((2, 4, m.shape[-1]), dtype=x.dtype)  # Aᵀ m: rows 0, 1
+    np.add(m[0], m[1], out=sums[0])
+    sums[0] += m[2]
+    np.subtract(m[1], m[2], out=sums[1])
+    sums[1] -= m[3]
+    y = np.empty((2, 2, m.shape[-1]), dtype=x.dtype)  # (Aᵀ m) A: the 2x2 outputs, by parity
+    np.add(sums[:, 0], sums[:, 1], out=y[:, 0])
+    y[:, 0] += sums[:, 2]
+    np.subtract(sums[:, 1], sums[:, 2], out=y[:, 1])
+    y[:, 1] -= sums[:, 3]
+    y = y.reshape(2, 2, -1, n, t, s + 1)  # (2p, 2q, O·n·t·(s+1)) -> (2p, 2q, O, n, t, s+1)
+    for p in range(2):
+        for q in range(2):
+            out[:, :, p::2, q::2] = y[p, q, :, :, :, :s].transpose(1, 0, 2, 3)  # (O, n, t, s) -> (n, O, t, s)
 
 
 def _input_transform(x, out):

@@ -93,8 +93,10 @@ def softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def attention(q, k, v):
-    """Scaled dot-product attention softmax(q kᵀ / √d) v over (..., tokens, d)."""
+def attention(q, k, v, fast=True):
+    """Scaled dot-product attention softmax(q kᵀ / √d) v over (..., tokens, d). fast=False always runs it."""
+    if fast and get_array_module(q) is np:
+        return fastops.attention(q, k, v)  # the softmax in place on one scores array: tinyddim/fastops.py
     scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     return softmax(scores) @ v
 
