@@ -170,3 +170,25 @@ def test_winograd_covers_small_images_only_with_few_channels():
     assert fastops._winograd_applies(randn(1, 128, 8, 8), randn(64, 128, 3, 3), 1, 1)
     assert not fastops._winograd_applies(randn(1, 256, 8, 8), randn(256, 256, 3, 3), 1, 1)  # cifar10's 8x8
     assert fastops._winograd_applies(randn(1, 256, 16, 16), randn(256, 256, 3, 3), 1, 1)
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 1 << 16])
+def test_silu_in_place_in_chunks_of_several_examples_matches_the_plain_op(chunk, monkeypatch):
+    monkeypatch.setattr(fastops, "SILU_CHUNK", chunk)
+    x = randn(7, 3, 5, 4)
+    expected = nn.silu(x)
+    assert nn.silu(x, inplace=True) is x
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_pointwise_conv_is_one_product_per_image_and_matches_the_naive_loop():
+    x, weight, bias = randn(3, 6, 4, 5), randn(5, 6, 1, 1), randn(5)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias), naive_conv2d(x, weight, bias, 1, (0, 0, 0, 0)), atol=1e-5)
+
+
+def test_silu_in_place_of_a_strided_view_writes_through_to_it():
+    base = randn(4, 6, 5, 8)
+    view = base[:, ::2]  # not contiguous
+    expected = nn.silu(view)
+    nn.silu(view, inplace=True)
+    np.testing.assert_allclose(base[:, ::2], expected, rtol=1e-6, atol=1e-7)

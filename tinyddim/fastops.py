@@ -10,7 +10,7 @@ always; on a GPU when one im2col buffer would be too large). What each trick buy
                         kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
                         output block instead of 36 (the bulk of the UNet's FLOPs)
-    silu_inplace        SiLU over a buffer the caller owns, one example at a time: no second full-size array
+    silu_inplace        SiLU over a buffer the caller owns, a few examples at a time: no second full-size array
     attention           softmax(q kᵀ / √d) v with 1/√d applied to q (d columns, not the tokens²
                         scores) and the softmax done in place: one scores array, four passes over it
 
@@ -23,6 +23,7 @@ import weakref
 import numpy as np
 
 from .backend import get_array_module
+from .parallel import shared_out
 
 
 def applies(x, weight, stride=1):
@@ -48,16 +49,30 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     out_channels, _, kh, kw = weight.shape
     if stride == 1 and 1 < kh * kw and kh * kw * out_channels <= channels:
         return _conv_few_outputs(x, weight, bias)
+    if stride == 1 and kh == kw == 1:  # a 1x1 conv: one product per image, straight from x, no copy
+        y = weight.reshape(out_channels, channels) @ x.reshape(batch, channels, height * width)  # (B, O, HW)
+        if bias is not None:
+            y += bias[:, None]
+        return y.reshape(batch, out_channels, height, width)
     out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
     kernel = weight.reshape(out_channels, -1)  # (O, C, kh, kw) -> (O, C·kh·kw)
     y = xp.empty((batch, out_channels, out_h * out_w), dtype=x.dtype)
-    for images, rows in _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp)):
+
+    def block(images_rows):
+        images, rows = images_rows
         cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (C·kh·kw, n·rows·W')
         target = y[images, :, rows.start * out_w : rows.stop * out_w]  # (n, O, rows·W') view
         if len(target) == 1:
             xp.matmul(kernel, cols, out=target[0])
         else:  # several small images in one product: (O, n·H'W') -> (n, O, H'W')
             target[...] = (kernel @ cols).reshape(out_channels, len(target), -1).transpose(1, 0, 2)
+
+    blocks = _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp))
+    if xp is np:
+        shared_out(block, blocks)  # one large image: its bands over the threads (tinyddim/parallel.py)
+    else:
+        for images_rows in blocks:
+            block(images_rows)
     if bias is not None:
         y += bias[:, None]
     return y.reshape(batch, out_channels, out_h, out_w)  # (B, O, H'W') -> (B, O, H', W')
@@ -119,14 +134,29 @@ def _conv_few_outputs(x, weight, bias=None):
 
 
 def silu_inplace(x):
-    """`nn.silu` overwriting x (a buffer the caller owns): on the CPU one example at a time, so that no
-    second full-size array is ever held; on a GPU all at once (fewer kernel launches)."""
+    """`nn.silu` overwriting x (a buffer the caller owns): on the CPU in chunks of about SILU_CHUNK floats
+    (shared out over the threads), so that no second full-size array is ever held and small examples do not
+    pay NumPy's per-call cost one by one; on a GPU all at once (fewer kernel launches)."""
     xp = get_array_module(x)
-    for chunk in (x if xp is np else [x]):  # views into x
-        denominator = xp.exp(-chunk)
+    if xp is np and x.flags.c_contiguous:
+        parts, step = x.reshape(-1), SILU_CHUNK  # (B, ...) -> (B·...) view: chunks of floats
+    else:
+        parts, step = x, max(1, SILU_CHUNK // x[0].size) if xp is np else len(x)  # chunks of examples
+
+    def chunk(start):
+        part = parts[start : start + step]  # a view into x
+        denominator = xp.exp(-part)
         denominator += 1
-        chunk /= denominator
+        part /= denominator
+
+    if xp is np:
+        shared_out(chunk, range(0, len(parts), step))
+    else:
+        chunk(0)
     return x
+
+
+SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
 
 
 def attention(q, k, v):
@@ -189,17 +219,20 @@ def conv3x3_winograd(x, weight, bias=None):
     kernel = winograd_kernel(weight)  # (16, O, C)
     y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
     grids = max(kernel.shape[1:]) <= WINOGRAD_GRIDS  # few channels: long passes over whole grids pay off
-    for images, rows in _blocks(batch, height // 2, width // 2 + grids, WINOGRAD_TILES * (1 + grids)):
+
+    def block(images_rows):
+        images, rows = images_rows
         padded = _padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1)  # (n, C, 2t+2, 2s+2)
         out = y[images, :, 2 * rows.start : 2 * rows.stop]  # (n, O, 2t, 2s) view
         if grids:
-            _winograd_block(padded, kernel, out)
-            continue
+            return _winograd_block(padded, kernel, out)
         n, count = images.stop - images.start, rows.stop - rows.start  # many channels: tile by tile
         tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
         _input_transform(padded, tiles)
         products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
         _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out.transpose(1, 0, 2, 3))
+
+    shared_out(block, _blocks(batch, height // 2, width // 2 + grids, WINOGRAD_TILES * (1 + grids)))
     if bias is not None:
         y += bias[:, None, None]
     return y
