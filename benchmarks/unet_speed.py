@@ -81,26 +81,26 @@ def forward_fns(torch_model, unet, x):
     return run_torch, lambda: unet(x, 500)
 
 
-def round_times(fns, rounds, synchronize=lambda: None):
+def round_times(fns, rounds, synchronize=lambda: None, clock=time.perf_counter):
     """Seconds of each fn in every round, calling them in turn each round (after one warm-up call each).
 
-    `synchronize` waits for a device to finish (GPU timings)."""
+    `synchronize` waits for a device to finish (GPU timings); `clock` may be time.process_time (CPU time)."""
     for fn in fns:
         fn()
     synchronize()
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
+            start = clock()
             fn()
             synchronize()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(clock() - start)
     return times
 
 
-def median_times(fns, rounds, synchronize=lambda: None):
+def median_times(fns, rounds, synchronize=lambda: None, clock=time.perf_counter):
     """The median seconds of each fn over interleaved rounds (`round_times`)."""
-    return [spread(bucket)["median"] for bucket in round_times(fns, rounds, synchronize)]
+    return [spread(bucket)["median"] for bucket in round_times(fns, rounds, synchronize, clock)]
 
 
 def spread(values):

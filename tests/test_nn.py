@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tinyddim import fastops, nn
+from tinyddim import fastattn, fastops, nn
 
 rng = np.random.default_rng(0)
 
@@ -145,11 +145,17 @@ def test_conv_to_few_channels_multiplies_first_and_matches_the_naive_loop(kernel
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=padding), expected, atol=2e-5)
 
 
-def test_fast_attention_matches_the_plain_op_over_many_small_heads_and_large_scores():
+@pytest.mark.parametrize("chunk", [1, 5000, 1 << 16])
+def test_fast_attention_matches_the_plain_op_over_many_small_heads_and_large_scores(chunk, monkeypatch):
+    monkeypatch.setattr(fastattn, "ATTENTION_CHUNK", chunk)
     q, k, v = randn(3, 8, 64, 8), randn(3, 8, 64, 8), randn(3, 8, 64, 8)
     plain = nn.attention(q, k, v, fast=False)
-    np.testing.assert_allclose(fastops.attention(q, k, v), plain, atol=5e-6)  # measured 4.8e-7
+    np.testing.assert_allclose(fastattn.attention(q, k, v), plain, atol=5e-6)  # measured 4.8e-7
+    np.testing.assert_allclose(nn.attention(q[0, :, :10], k[0], v[0, :, :, :3]), nn.attention(
+        q[0, :, :10], k[0], v[0, :, :, :3], fast=False), atol=5e-6)  # 10 queries, 64 keys, 3 value columns
     q_big = 30 * q  # scores up to ~1e3: exp would overflow without the shift by the row maximum
+    scale = np.float32(1 / np.sqrt(8))
+    assert fastattn._largest_score_bound(q * scale, k) < 80 < fastattn._largest_score_bound(q_big * scale, k)
     fast = nn.attention(q_big, k, v)
     assert np.isfinite(fast).all()
     np.testing.assert_allclose(fast, nn.attention(q_big, k, v, fast=False), atol=1e-4)  # measured 8.7e-6

@@ -11,8 +11,7 @@ always; on a GPU when one im2col buffer would be too large). What each trick buy
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
                         output block instead of 36 (the bulk of the UNet's FLOPs)
     silu_inplace        SiLU over a buffer the caller owns, a few examples at a time: no second full-size array
-    attention           softmax(q kᵀ / √d) v with 1/√d applied to q (d columns, not the tokens²
-                        scores) and the softmax done in place: one scores array, four passes over it
+    attention           (tinyddim/fastattn.py) many small heads, in cache-sized chunks, softmax in place
 
 `benchmarks/profile_forward.py` shows the time of each; `benchmarks/README.md` the measured speed.
 """
@@ -157,16 +156,6 @@ def silu_inplace(x):
 
 
 SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
-
-
-def attention(q, k, v):
-    """`nn.attention`, fast on the CPU: many small heads (the bundled model's 8 per image, 64 tokens) spend
-    their time in passes over the (..., tokens, tokens) scores, so there is one such array, worked in place."""
-    scores = (q * np.float32(1 / np.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # (..., N, d) @ (..., d, N) -> (..., N, N)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores *= 1 / scores.sum(axis=-1, keepdims=True)
-    return scores @ v
 
 
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------

@@ -4,15 +4,16 @@ Weights come in as `weight`/`bias` keywords, so the UNet writes `conv2d(h, **p["
 `p` a branch of the checkpoint's params tree. Arrays are float32 and NCHW, as in PyTorch; every op works on
 any array module (`xp = get_array_module(x)`), and the tests check each against a naive loop.
 
-Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU): `conv2d` and `silu`
-hand off to them in one visible line, and the tests check the fast ops against the plain ones here.
+Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU) and `fastattn.py`
+(many small attention heads): `conv2d`, `silu` and `attention` hand off to them in one visible line, and
+the tests check the fast ops against the plain ones here.
 """
 
 import math
 
 import numpy as np
 
-from . import fastops
+from . import fastattn, fastops
 from .backend import get_array_module
 
 
@@ -96,7 +97,7 @@ def softmax(x, axis=-1):
 def attention(q, k, v, fast=True):
     """Scaled dot-product attention softmax(q kᵀ / √d) v over (..., tokens, d). fast=False always runs it."""
     if fast and get_array_module(q) is np:
-        return fastops.attention(q, k, v)  # the softmax in place on one scores array: tinyddim/fastops.py
+        return fastattn.attention(q, k, v)  # in cache-sized chunks, the softmax in place: tinyddim/fastattn.py
     scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     return softmax(scores) @ v
 
