@@ -11,6 +11,8 @@ always; on a GPU when one im2col buffer would be too large). What each trick buy
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
                         output block instead of 36 (the bulk of the UNet's FLOPs)
     silu_inplace        SiLU over a buffer the caller owns, a few examples at a time: no second full-size array
+    group_norm          its formula on chunks of whole groups, shared out over the threads: one large image
+                        (256x256) normalises on every core
     attention           (tinyddim/fastattn.py) many small heads, in cache-sized chunks, softmax in place
 
 `benchmarks/profile_forward.py` shows the time of each; `benchmarks/README.md` the measured speed.
@@ -156,6 +158,32 @@ def silu_inplace(x):
 
 
 SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
+
+
+def group_norm(x, weight, bias, num_groups, eps):
+    """`nn.group_norm` on the CPU, its formula run on chunks of about NORM_CHUNK floats (whole groups) that
+    stay in cache, shared out over the threads: one large image normalises on every core."""
+    batch, channels = x.shape[:2]
+    rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
+    out = np.empty_like(rows)
+    gamma, beta = weight.reshape(num_groups, -1), bias.reshape(num_groups, -1)  # (G, C/G)
+    step = max(1, NORM_CHUNK // rows.shape[1])
+
+    def chunk(start):
+        part = slice(start, start + step)
+        centered = rows[part] - rows[part].mean(axis=-1, keepdims=True)
+        var = np.einsum("gi,gi->g", centered, centered) / rows.shape[1]  # (n,)
+        group = np.arange(start, start + len(centered)) % num_groups  # the group of each row
+        scale = gamma[group] / np.sqrt(var + eps)[:, None]  # (n, C/G)
+        target = out[part].reshape(len(centered), gamma.shape[1], -1)  # (n, C/G, HW) view
+        np.multiply(centered.reshape(target.shape), scale[:, :, None], out=target)
+        target += beta[group][:, :, None]
+
+    shared_out(chunk, range(0, len(rows), step))
+    return out.reshape(x.shape)
+
+
+NORM_CHUNK = 1 << 18  # floats per chunk of group_norm (1 MiB)
 
 
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
