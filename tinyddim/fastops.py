@@ -1,21 +1,23 @@
 """The speed-ups of `nn.py`: the same ops, computed faster on the CPU; each tested against its plain op.
 
-`nn.conv2d` and `nn.silu` hand off to this module in one line when it applies (`applies`: on the CPU
-always; on a GPU when one im2col buffer would be too large). What each trick buys, and where:
+`nn.conv2d`, `nn.silu` and `nn.group_norm` hand off to this module in one line when it applies (conv2d:
+`applies`, on the CPU always, on a GPU when one im2col buffer would be too large). What each trick buys:
 
     blocked im2col      the im2col product in blocks of output positions that fit a few MB: the buffer
                         stays in cache and memory stays flat at 256x256; several small images in one wide
-                        product (the 8x8 and 4x4 levels)
+                        product (the 8x8 and 4x4 levels); 1x1 convs are one product per image, no copy
     _conv_few_outputs   kh·kw·O ≤ C (conv_out to 1 or 3 channels): one product applies every tap, then
                         kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
-                        output block instead of 36 (the bulk of the UNet's FLOPs)
-    silu_inplace        SiLU over a buffer the caller owns, a few examples at a time: no second full-size array
-    group_norm          its formula on chunks of whole groups, shared out over the threads: one large image
-                        (256x256) normalises on every core
-    attention           (tinyddim/fastattn.py) many small heads, in cache-sized chunks, softmax in place
+                        output block instead of 36 (the bulk of the UNet's FLOPs); up to 128 channels its
+                        transforms run on whole parity grids (long passes), down to 4x4 images
+    silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
+    group_norm          large images only: its formula on chunks of whole groups, shared out over the threads
 
-`benchmarks/profile_forward.py` shows the time of each; `benchmarks/README.md` the measured speed.
+The blocks of a conv, and the chunks of SiLU and group_norm, are shared out over the CPU threads where the
+op does not already run in one slice of a batch (`parallel.shared_out`): one 256x256 image uses every core.
+Attention's speed-up is in `fastattn.py`. `benchmarks/profile_forward.py` shows the time of each piece;
+`benchmarks/README.md` the measured speed.
 """
 
 import threading
