@@ -1,8 +1,9 @@
 """A/B of the forward pass: the ops of a git revision against the working tree's, interleaved in one process.
 
     python benchmarks/compare_ops.py --base HEAD --threads 2 --batch 8
+    python benchmarks/compare_ops.py --base HEAD --threads 1 --arch bundled --batch 64 --clock cpu
 
-Loads `tinyddim/nn.py` as it is at --base, then times the cifar10-32 forward pass round by round: PyTorch,
+Loads `tinyddim/nn.py` as it is at --base, then times a forward pass round by round: PyTorch,
 the UNet with the base ops, the UNet with the working tree's ops (the model file and `parallel.py` are the
 working tree's in both). Separate benchmark runs drift by about ±0.1 in the ratio on a shared machine;
 alternating the variants in one process is what makes a few-percent change visible.
@@ -23,9 +24,9 @@ def load_base_ops(revision):
     modules of their own."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def load(name, source):
+    def load(name, source):  # its other imports are the working tree's
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(source.replace("from .backend import", "from tinyddim.backend import"))
+            f.write(source.replace("from . import", "from tinyddim import").replace("from .", "from tinyddim."))
         spec = importlib.util.spec_from_file_location(name, f.name)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -51,8 +52,13 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--arch", default="cifar10", choices=("cifar10", "ddpm-256", "bundled"))
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="cpu: the process's CPU time (steadier on a busy machine; with 1 thread)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import time
+
     from unet_speed import forward_fns, median_times, models, set_threads
 
     set_threads(args.threads)
@@ -61,9 +67,10 @@ def main():
     import tinyddim.nn as work
     import tinyddim.unet as unet_module
 
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     base = load_base_ops(args.base)
-    torch_model, unet = models("cifar10")
-    x = np.random.default_rng(1).standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
+    torch_model, unet = models(args.arch)
+    x = np.random.default_rng(1).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)
     run_torch, run_ours = forward_fns(torch_model, unet, x)
 
     def with_ops(module):
@@ -76,8 +83,8 @@ def main():
     expected = run_torch()
     for label, module in (("base", base), ("work", work)):
         print(f"{label}: max |diff| to PyTorch {np.abs(with_ops(module)() - expected).max():.1e}")
-    t_torch, t_base, t_work = median_times([run_torch, with_ops(base), with_ops(work)], args.rounds)
-    print(f"batch {args.batch}, {args.threads} threads: PyTorch {t_torch * 1e3:.1f} ms, "
+    t_torch, t_base, t_work = median_times([run_torch, with_ops(base), with_ops(work)], args.rounds, clock=clock)
+    print(f"{args.arch} batch {args.batch}, {args.threads} threads, {args.clock} clock: PyTorch {t_torch * 1e3:.1f} ms, "
           f"base ({args.base}) {t_base * 1e3:.1f} ms ({t_base / t_torch:.3f}), "
           f"work {t_work * 1e3:.1f} ms ({t_work / t_torch:.3f}); work / base {t_work / t_base:.3f}")
 

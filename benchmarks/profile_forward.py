@@ -1,6 +1,7 @@
-"""Where a forward pass of the cifar10-32 architecture spends its time, op by op.
+"""Where a forward pass spends its time, op by op: the cifar10-32 architecture, or the bundled model.
 
     python benchmarks/profile_forward.py --batch 8 --threads 2
+    python benchmarks/profile_forward.py --arch bundled --batch 64 --threads 1 --clock cpu
 
 Wraps the ops that `tinyddim.unet` calls (and the im2col and Winograd pieces inside conv2d) with
 timers, runs a few forwards and prints milliseconds per forward. Nested pieces are included in conv2d.
@@ -19,6 +20,9 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arch", default="cifar10", choices=("cifar10", "ddpm-256", "bundled"))
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="cpu: each thread's CPU time (steadier on a busy machine)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from unet_speed import models, set_threads
@@ -30,14 +34,15 @@ def main():
     import tinyddim.unet as unet_module
 
     totals = collections.Counter()
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
 
     def timed(module, name, label):
         fn = getattr(module, name)
 
         def wrapper(*a, **k):
-            start = time.perf_counter()
+            start = clock()
             out = fn(*a, **k)
-            totals[label] += time.perf_counter() - start
+            totals[label] += clock() - start
             return out
 
         setattr(module, name, wrapper)
@@ -45,21 +50,26 @@ def main():
     for name in ("conv2d", "group_norm", "silu", "attention", "linear", "upsample_nearest"):
         timed(unet_module, name, name)
     for name, label in (("_im2col", "conv2d: im2col copies"), ("_input_transform", "conv2d: Winograd input"),
-                        ("_output_transform", "conv2d: Winograd output")):
+                        ("_output_transform", "conv2d: Winograd output"), ("_padded_rows", "conv2d: Winograd padding"),
+                        ("_winograd_block", "conv2d: Winograd on parity grids (products included)")):
         timed(fastops, name, label)
-    _, unet = models("cifar10")
-    x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
+    _, unet = models(args.arch)
+    x = np.random.default_rng(0).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)
     unet(x, 500)
     totals.clear()
-    start = time.perf_counter()
+    total_clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    start = total_clock()
     for _ in range(args.rounds):
         unet(x, 500)
-    total = (time.perf_counter() - start) / args.rounds
+    total = (total_clock() - start) / args.rounds
     workers = min(args.threads, args.batch)  # the batch is shared out over the threads (tinyddim.parallel)
-    print(f"batch {args.batch}, {args.threads} threads: {total * 1e3:.0f} ms per forward"
-          + (f"; op times are summed over {workers} threads, % of {workers} x wall time" if workers > 1 else ""))
+    if args.clock == "cpu":
+        workers = 1  # process time already sums the threads
+    print(f"{args.arch} batch {args.batch}, {args.threads} threads: {total * 1e3:.0f} ms per forward ({args.clock} clock)"
+          + (f"; op times are summed over {workers} threads, % of {workers} x wall time" if workers > 1 else "")
+          + ("; % of the CPU time of all threads" if args.clock == "cpu" else ""))
     for label, seconds in totals.most_common():
-        print(f"  {label:26s} {seconds / args.rounds * 1e3:7.1f} ms  {seconds / args.rounds / total / workers:5.1%}")
+        print(f"  {label:52s} {seconds / args.rounds * 1e3:7.1f} ms  {seconds / args.rounds / total / workers:5.1%}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tinyddim import fastops, nn
+from tinyddim import fastattn, fastops, nn
 
 rng = None  # each test's own generator, set by `seeded` below
 
@@ -155,7 +155,7 @@ def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
     weight = randn(16, 16, 3, 3)
     for x, stride, padding in ((randn(1, 16, 17, 16), 1, 1), (randn(1, 16, 16, 16), 2, 1),
-                               (randn(1, 16, 8, 8), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
+                               (randn(1, 16, 2, 2), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
         assert not fastops._winograd_applies(x, weight, stride, padding)
     assert not fastops._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
     assert not fastops._winograd_applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
@@ -170,3 +170,69 @@ def test_conv_to_few_channels_multiplies_first_and_matches_the_naive_loop(kernel
     expected = naive_conv2d(x, weight, bias, 1, (top, bottom, left, right))
     np.testing.assert_allclose(fastops._conv_few_outputs(padded, weight, bias), expected, atol=2e-5)
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=padding), expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 5000, 1 << 16])
+def test_fast_attention_matches_the_plain_op_over_many_small_heads_and_large_scores(chunk, monkeypatch):
+    monkeypatch.setattr(fastattn, "ATTENTION_CHUNK", chunk)
+    q, k, v = randn(3, 8, 64, 8), randn(3, 8, 64, 8), randn(3, 8, 64, 8)
+    plain = nn.attention(q, k, v, fast=False)
+    np.testing.assert_allclose(fastattn.attention(q, k, v), plain, atol=5e-6)  # measured 4.8e-7
+    np.testing.assert_allclose(nn.attention(q[0, :, :10], k[0], v[0, :, :, :3]), nn.attention(
+        q[0, :, :10], k[0], v[0, :, :, :3], fast=False), atol=5e-6)  # 10 queries, 64 keys, 3 value columns
+    q_big = 30 * q  # scores up to ~1e3: exp would overflow without the shift by the row maximum
+    scale = np.float32(1 / np.sqrt(8))
+    bound = fastattn._largest_score_bound
+    assert bound((q * scale)[0], k[0]) < 80 < bound((q_big * scale)[0], k[0])  # both branches run
+    fast = nn.attention(q_big, k, v)
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, nn.attention(q_big, k, v, fast=False), atol=1e-4)  # measured 8.7e-6
+
+
+@pytest.mark.parametrize("grids", [0, 128], ids=["tile-by-tile", "whole-grids"])
+@pytest.mark.parametrize("shape,tiles", [((2, 16, 8, 8), 1), ((3, 20, 4, 6), 7), ((1, 16, 16, 20), 256)])
+def test_both_winograd_transforms_match_the_plain_product_for_any_block_size(grids, shape, tiles, monkeypatch):
+    monkeypatch.setattr(fastops, "WINOGRAD_GRIDS", grids)
+    monkeypatch.setattr(fastops, "WINOGRAD_TILES", tiles)
+    x, weight, bias = randn(*shape), randn(24, shape[1], 3, 3), randn(24)
+    expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
+    np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
+
+
+def test_winograd_covers_small_images_only_with_few_channels():
+    assert fastops._winograd_applies(randn(1, 64, 4, 4), randn(64, 64, 3, 3), 1, 1)  # the bundled model's 4x4
+    assert fastops._winograd_applies(randn(1, 128, 8, 8), randn(64, 128, 3, 3), 1, 1)
+    assert not fastops._winograd_applies(randn(1, 256, 8, 8), randn(256, 256, 3, 3), 1, 1)  # cifar10's 8x8
+    assert fastops._winograd_applies(randn(1, 256, 16, 16), randn(256, 256, 3, 3), 1, 1)
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 1 << 16])
+def test_silu_in_place_in_chunks_of_several_examples_matches_the_plain_op(chunk, monkeypatch):
+    monkeypatch.setattr(fastops, "SILU_CHUNK", chunk)
+    x = randn(7, 3, 5, 4)
+    expected = nn.silu(x)
+    assert nn.silu(x, inplace=True) is x
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_pointwise_conv_is_one_product_per_image_and_matches_the_naive_loop():
+    x, weight, bias = randn(3, 6, 4, 5), randn(5, 6, 1, 1), randn(5)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias), naive_conv2d(x, weight, bias, 1, (0, 0, 0, 0)), atol=1e-5)
+
+
+def test_silu_in_place_of_a_strided_view_writes_through_to_it():
+    base = randn(4, 6, 5, 8)
+    view = base[:, ::2]  # not contiguous
+    expected = nn.silu(view)
+    nn.silu(view, inplace=True)
+    np.testing.assert_allclose(base[:, ::2], expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [1, 50, 1 << 16])
+def test_group_norm_in_chunks_of_groups_matches_the_plain_op(chunk, monkeypatch):
+    monkeypatch.setattr(fastops, "NORM_CHUNK", chunk)
+    x, weight, bias = 3 + randn(3, 12, 5, 4), randn(12), randn(12)  # an offset: the centring matters
+    expected = nn.group_norm(x, weight, bias, num_groups=4, eps=1e-6, fast=False)
+    np.testing.assert_allclose(fastops.group_norm(x, weight, bias, 4, 1e-6), expected, atol=1e-5)  # measured 0 (the same sums)
+    np.testing.assert_allclose(nn.group_norm(x[:, ::2], weight[::2], bias[::2], num_groups=3, eps=1e-5),
+                               nn.group_norm(x[:, ::2], weight[::2], bias[::2], 3, 1e-5, fast=False), atol=1e-5)

@@ -129,3 +129,22 @@ def test_without_threadpoolctl_the_batch_runs_as_one_pass(mnist_unet, monkeypatc
     x, calls = x_like("mnist", batch=3), []
     out = parallel.batch_parallel(lambda sample, t: calls.append(len(sample)) or mnist_unet(sample, t), x, [7] * 3)
     assert calls == [3] and np.array_equal(out, mnist_unet(x, 7))
+
+
+def test_one_large_image_shares_its_conv_bands_and_silu_chunks_over_threads(mnist_unet, monkeypatch):
+    import threading
+
+    from tinyddim import parallel
+    from tinyddim.unet import unet_forward
+
+    x = np.random.default_rng(3).standard_normal((1, 1, 64, 64)).astype(np.float32)  # one image, 64x64
+    one_pass = unet_forward(mnist_unet.params, mnist_unet.config, x, [500])
+    workers = set()
+    share = parallel._share
+    monkeypatch.setattr(parallel, "cpu_threads", lambda: 2)
+    monkeypatch.setattr(parallel, "_share", lambda fn, items, threads: share(
+        lambda item: workers.add(threading.current_thread().name) or fn(item), items, threads))
+    eps = mnist_unet(x, 500)
+    assert len(workers) == 2  # the bands ran in both worker threads
+    assert np.abs(eps - one_pass).max() <= 1e-5
+    assert np.abs(eps - torch_eps(diffusers_unet("mnist"), x, 500)).max() <= TOLERANCE

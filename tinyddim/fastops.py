@@ -1,18 +1,23 @@
 """The speed-ups of `nn.py`: the same ops, computed faster on the CPU; each tested against its plain op.
 
-`nn.conv2d` and `nn.silu` hand off to this module in one line when it applies (`applies`: on the CPU
-always; on a GPU when one im2col buffer would be too large). What each trick buys, and where:
+`nn.conv2d`, `nn.silu` and `nn.group_norm` hand off to this module in one line when it applies (conv2d:
+`applies`, on the CPU always, on a GPU when one im2col buffer would be too large). What each trick buys:
 
     blocked im2col      the im2col product in blocks of output positions that fit a few MB: the buffer
                         stays in cache and memory stays flat at 256x256; several small images in one wide
-                        product (the 8x8 and 4x4 levels)
+                        product (the 8x8 and 4x4 levels); 1x1 convs are one product per image, no copy
     _conv_few_outputs   kh·kw·O ≤ C (conv_out to 1 or 3 channels): one product applies every tap, then
                         kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
-                        output block instead of 36 (the bulk of the UNet's FLOPs)
-    silu_inplace        SiLU over a buffer the caller owns, one example at a time: no second full-size array
+                        output block instead of 36 (the bulk of the UNet's FLOPs); up to 128 channels its
+                        transforms run on whole parity grids (long passes), down to 4x4 images
+    silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
+    group_norm          large images only: its formula on chunks of whole groups, shared out over the threads
 
-`benchmarks/profile_forward.py` shows the time of each; `benchmarks/README.md` the measured speed.
+The blocks of a conv, and the chunks of SiLU and group_norm, are shared out over the CPU threads where the
+op does not already run in one slice of a batch (`parallel.shared_out`): one 256x256 image uses every core.
+Attention's speed-up is in `fastattn.py`. `benchmarks/profile_forward.py` shows the time of each piece;
+`benchmarks/README.md` the measured speed.
 """
 
 import threading
@@ -21,6 +26,7 @@ import weakref
 import numpy as np
 
 from .backend import get_array_module
+from .parallel import shared_out
 
 
 def applies(x, weight, stride=1):
@@ -46,16 +52,30 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     out_channels, _, kh, kw = weight.shape
     if stride == 1 and 1 < kh * kw and kh * kw * out_channels <= channels:
         return _conv_few_outputs(x, weight, bias)
+    if stride == 1 and kh == kw == 1:  # a 1x1 conv: one product per image, straight from x, no copy
+        y = weight.reshape(out_channels, channels) @ x.reshape(batch, channels, height * width)  # (B, O, HW)
+        if bias is not None:
+            y += bias[:, None]
+        return y.reshape(batch, out_channels, height, width)
     out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
     kernel = weight.reshape(out_channels, -1)  # (O, C, kh, kw) -> (O, C·kh·kw)
     y = xp.empty((batch, out_channels, out_h * out_w), dtype=x.dtype)
-    for images, rows in _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp)):
+
+    def block(images_rows):
+        images, rows = images_rows
         cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (C·kh·kw, n·rows·W')
         target = y[images, :, rows.start * out_w : rows.stop * out_w]  # (n, O, rows·W') view
         if len(target) == 1:
             xp.matmul(kernel, cols, out=target[0])
         else:  # several small images in one product: (O, n·H'W') -> (n, O, H'W')
             target[...] = (kernel @ cols).reshape(out_channels, len(target), -1).transpose(1, 0, 2)
+
+    blocks = _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp))
+    if xp is np:
+        shared_out(block, blocks)  # one large image: its bands over the threads (tinyddim/parallel.py)
+    else:
+        for images_rows in blocks:
+            block(images_rows)
     if bias is not None:
         y += bias[:, None]
     return y.reshape(batch, out_channels, out_h, out_w)  # (B, O, H'W') -> (B, O, H', W')
@@ -117,14 +137,55 @@ def _conv_few_outputs(x, weight, bias=None):
 
 
 def silu_inplace(x):
-    """`nn.silu` overwriting x (a buffer the caller owns): on the CPU one example at a time, so that no
-    second full-size array is ever held; on a GPU all at once (fewer kernel launches)."""
+    """`nn.silu` overwriting x (a buffer the caller owns): on the CPU in chunks of about SILU_CHUNK floats
+    (shared out over the threads), so that no second full-size array is ever held and small examples do not
+    pay NumPy's per-call cost one by one; on a GPU all at once (fewer kernel launches)."""
     xp = get_array_module(x)
-    for chunk in (x if xp is np else [x]):  # views into x
-        denominator = xp.exp(-chunk)
+    if xp is np and x.flags.c_contiguous:
+        parts, step = x.reshape(-1), SILU_CHUNK  # (B, ...) -> (B·...) view: chunks of floats
+    else:
+        parts, step = x, max(1, SILU_CHUNK // x[0].size) if xp is np else len(x)  # chunks of examples
+
+    def chunk(start):
+        part = parts[start : start + step]  # a view into x
+        denominator = xp.exp(-part)
         denominator += 1
-        chunk /= denominator
+        part /= denominator
+
+    if xp is np:
+        shared_out(chunk, range(0, len(parts), step))
+    else:
+        chunk(0)
     return x
+
+
+SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
+
+
+def group_norm(x, weight, bias, num_groups, eps):
+    """`nn.group_norm` on the CPU, its formula run on chunks of about NORM_CHUNK floats (whole groups) that
+    stay in cache, shared out over the threads: one large image normalises on every core."""
+    batch, channels = x.shape[:2]
+    rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
+    out = np.empty_like(rows)
+    gamma, beta = weight.reshape(num_groups, -1), bias.reshape(num_groups, -1)  # (G, C/G)
+    step = max(1, NORM_CHUNK // rows.shape[1])
+
+    def chunk(start):
+        part = slice(start, start + step)
+        centered = rows[part] - rows[part].mean(axis=-1, keepdims=True)
+        var = np.einsum("gi,gi->g", centered, centered) / rows.shape[1]  # (n,)
+        group = np.arange(start, start + len(centered)) % num_groups  # the group of each row
+        scale = gamma[group] / np.sqrt(var + eps)[:, None]  # (n, C/G)
+        target = out[part].reshape(len(centered), gamma.shape[1], -1)  # (n, C/G, HW) view
+        np.multiply(centered.reshape(target.shape), scale[:, :, None], out=target)
+        target += beta[group][:, :, None]
+
+    shared_out(chunk, range(0, len(rows), step))
+    return out.reshape(x.shape)
+
+
+NORM_CHUNK = 1 << 18  # floats per chunk of group_norm (1 MiB)
 
 
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
@@ -140,17 +201,21 @@ def silu_inplace(x):
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
 WINOGRAD_TILES = 128  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
+WINOGRAD_GRIDS = 128  # up to this many channels, the transforms run on whole parity grids (`_winograd_block`)
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
 _winograd_lock = threading.Lock()
 
 
 def _winograd_applies(x, weight, stride, padding):
-    """3x3, stride 1, padding 1, even sides of 16+ pixels (where the FLOPs are), 16 to 256x256 channels:
-    each transformed kernel is kept, at 16/9 of its weight's size, so the cache stays small; below 16
-    channels the transforms cost more than the products they save."""
+    """3x3, stride 1, padding 1, even sides, 16 to 256x256 channels: each transformed kernel is kept, at 16/9
+    of its weight's size, so the cache stays small; below 16 channels the transforms cost more than the
+    products they save. Sides of 16+ pixels (where the FLOPs are), or of 4+ with up to WINOGRAD_GRIDS
+    channels (the bundled model's 8x8 and 4x4 levels), where the whole-grid transforms beat im2col copies."""
     height, width = x.shape[2:]
+    smallest = 4 if max(weight.shape[:2]) <= WINOGRAD_GRIDS else 16
     return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
-        and min(height, width) >= 16 and min(weight.shape[:2]) >= 16 and weight.shape[0] * weight.shape[1] <= 256 * 256
+        and min(height, width) >= smallest and min(weight.shape[:2]) >= 16 \
+        and weight.shape[0] * weight.shape[1] <= 256 * 256
 
 
 def winograd_kernel(weight):
@@ -172,13 +237,21 @@ def conv3x3_winograd(x, weight, bias=None):
     batch, channels, height, width = x.shape
     kernel = winograd_kernel(weight)  # (16, O, C)
     y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
-    for images, rows in _blocks(batch, height // 2, width // 2, WINOGRAD_TILES):  # rows of 2x2 output blocks
-        n, count = images.stop - images.start, rows.stop - rows.start
+    grids = max(kernel.shape[1:]) <= WINOGRAD_GRIDS  # few channels: long passes over whole grids pay off
+
+    def block(images_rows):
+        images, rows = images_rows
+        padded = _padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1)  # (n, C, 2t+2, 2s+2)
+        out = y[images, :, 2 * rows.start : 2 * rows.stop]  # (n, O, 2t, 2s) view
+        if grids:
+            return _winograd_block(padded, kernel, out)
+        n, count = images.stop - images.start, rows.stop - rows.start  # many channels: tile by tile
         tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
-        _input_transform(_padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1), tiles)
+        _input_transform(padded, tiles)
         products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
-        out = y[images, :, 2 * rows.start : 2 * rows.stop].transpose(1, 0, 2, 3)  # (O, n, 2·count, W) view
-        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out)
+        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out.transpose(1, 0, 2, 3))
+
+    shared_out(block, _blocks(batch, height // 2, width // 2 + grids, WINOGRAD_TILES * (1 + grids)))
     if bias is not None:
         y += bias[:, None, None]
     return y
@@ -195,6 +268,53 @@ def _padded_rows(x, top, bottom):
     out[:, :, : first - top] = 0
     out[:, :, last - top :] = 0
     return out
+
+
+def _winograd_block(x, kernel, out):
+    """out (n, O, 2t, 2s) = the 3x3 conv of a padded block x (n, C, 2t+2, 2s+2), by Winograd F(2x2, 3x3).
+
+    The 4x4 tile of output block (a, b) is x[2a : 2a+4, 2b : 2b+4]. Split by the parity of row and column,
+    x becomes four grids par[p, q][a, b] = x[2a+p, 2b+q], and tile row i, column j is par[i%2, j%2] shifted
+    by (i//2, j//2): every transform is then a sum of whole shifted grids, long contiguous NumPy passes. The
+    column shift runs along each flattened grid, so each grid row gets one extra (unused) tile, b = s.
+    """
+    n, channels, t, s = x.shape[0], x.shape[1], x.shape[2] // 2 - 1, x.shape[3] // 2 - 1
+    par = np.empty((2, 2, channels, n, t + 1, s + 1), dtype=x.dtype)
+    for p in range(2):
+        for q in range(2):
+            par[p, q] = x[:, :, p::2, q::2].transpose(1, 0, 2, 3)  # (n, C, t+1, s+1) -> (C, n, t+1, s+1)
+    even, odd = par[0, :, :, :, :t], par[1, :, :, :, :t]  # grid rows a of parity 0 and 1, (2q, C, n, t, s+1)
+    below = par[0, :, :, :, 1:]  # parity-0 rows a + 1: tile row 2
+    odd_below = par[1, :, :, :, 1:]  # parity-1 rows a + 1: tile row 3
+    rows = np.empty((4, 2, channels, n, t, s + 1), dtype=x.dtype)  # Bᵀ d: rows 0..3, for each column parity
+    np.subtract(even, below, out=rows[0])  # d0 − d2
+    np.add(odd, below, out=rows[1])  # d1 + d2
+    np.subtract(below, odd, out=rows[2])  # d2 − d1
+    np.subtract(odd, odd_below, out=rows[3])  # d1 − d3
+    flat = rows.reshape(4, 2, -1)  # (4, 2q, C·n·t·(s+1)): column j of tile (a, b) is flat[:, j%2, f + j//2]
+    size = flat.shape[-1]
+    tiles = np.empty((4, 4, size), dtype=x.dtype)  # (Bᵀ d) B
+    tiles[:, :, -1] = 0  # the last grid column: an unused tile
+    np.subtract(flat[:, 0, :-1], flat[:, 0, 1:], out=tiles[:, 0, :-1])
+    np.add(flat[:, 1, :-1], flat[:, 0, 1:], out=tiles[:, 1, :-1])
+    np.subtract(flat[:, 0, 1:], flat[:, 1, :-1], out=tiles[:, 2, :-1])
+    np.subtract(flat[:, 1, :-1], flat[:, 1, 1:], out=tiles[:, 3, :-1])
+    m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·t·(s+1)) -> (16, O, n·t·(s+1))
+    m = m.reshape(4, 4, -1)
+    sums = np.empty((2, 4, m.shape[-1]), dtype=x.dtype)  # Aᵀ m: rows 0, 1
+    np.add(m[0], m[1], out=sums[0])
+    sums[0] += m[2]
+    np.subtract(m[1], m[2], out=sums[1])
+    sums[1] -= m[3]
+    y = np.empty((2, 2, m.shape[-1]), dtype=x.dtype)  # (Aᵀ m) A: the 2x2 outputs, by parity
+    np.add(sums[:, 0], sums[:, 1], out=y[:, 0])
+    y[:, 0] += sums[:, 2]
+    np.subtract(sums[:, 1], sums[:, 2], out=y[:, 1])
+    y[:, 1] -= sums[:, 3]
+    y = y.reshape(2, 2, -1, n, t, s + 1)  # (2p, 2q, O·n·t·(s+1)) -> (2p, 2q, O, n, t, s+1)
+    for p in range(2):
+        for q in range(2):
+            out[:, :, p::2, q::2] = y[p, q, :, :, :, :s].transpose(1, 0, 2, 3)  # (O, n, t, s) -> (n, O, t, s)
 
 
 def _input_transform(x, out):

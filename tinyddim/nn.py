@@ -4,7 +4,8 @@ Weights come in as `weight`/`bias` keywords, so the UNet writes `conv2d(h, **p["
 `p` a branch of the checkpoint's params tree. Arrays are float32 and NCHW, as in PyTorch; every op works on
 any array module (`xp = get_array_module(x)`), and the tests check each against a naive loop.
 
-Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU): `conv2d` and `silu`
+Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU, group norm of
+large images in chunks) and `fastattn.py` (many small attention heads): `conv2d`, `silu`, `group_norm` and `attention`
 hand off to them in one visible line, and the tests check the fast ops against the plain ones here.
 """
 
@@ -12,7 +13,7 @@ import math
 
 import numpy as np
 
-from . import fastops
+from . import fastattn, fastops
 from .backend import get_array_module
 
 
@@ -69,13 +70,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, fast=True):
     return y
 
 
-def group_norm(x, weight, bias, num_groups, eps):
+def group_norm(x, weight, bias, num_groups, eps, fast=True):
     """torch.nn.GroupNorm: normalise each group of C/G channels over (C/G, H, W), then scale and shift.
 
     y = (x − μ_g) · γ_c / √(σ²_g + ε) + β_c, with the per-channel factor γ_c / √(σ²_g + ε) applied in
-    place on the centred copy (few passes over the data).
+    place on the centred copy (few passes over the data). fast=False always runs it.
     """
     xp = get_array_module(x)
+    if fast and xp is np and x[0].size > fastops.NORM_CHUNK:  # large images: chunks over the CPU threads
+        return fastops.group_norm(x, weight, bias, num_groups, eps)  # tinyddim/fastops.py
     batch, channels = x.shape[:2]
     groups = x.reshape(batch, num_groups, -1)  # (B, C, H, W) -> (B, G, C/G·H·W)
     centered = groups - groups.mean(axis=-1, keepdims=True)
@@ -93,8 +96,10 @@ def softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def attention(q, k, v):
-    """Scaled dot-product attention softmax(q kᵀ / √d) v over (..., tokens, d)."""
+def attention(q, k, v, fast=True):
+    """Scaled dot-product attention softmax(q kᵀ / √d) v over (..., tokens, d). fast=False always runs it."""
+    if fast and get_array_module(q) is np:
+        return fastattn.attention(q, k, v)  # in cache-sized chunks, the softmax in place: tinyddim/fastattn.py
     scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     return softmax(scores) @ v
 

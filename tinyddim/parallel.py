@@ -6,6 +6,10 @@ slices in threads, each with a one-thread BLAS, keeps every core busy for the wh
 releases the GIL inside its loops. Every op of the UNet works image by image, so the slices agree with one
 pass over the whole batch to float32 rounding (a matrix product over fewer images may round differently).
 
+One large image cannot be split that way, so the ops themselves share out their independent blocks
+(`shared_out`: the row bands of a convolution, the chunks of SiLU) when they are not already running in
+one slice of a batch: 256x256 at batch 1 then uses every core too.
+
 The number of cores is BLAS's thread count (set by OMP_NUM_THREADS or OPENBLAS_NUM_THREADS, as for
 NumPy itself); with one thread, or one image, or arrays on a GPU, the function is called as it is.
 """
@@ -19,6 +23,7 @@ from .backend import get_array_module
 
 _lock = threading.Lock()  # one parallel forward at a time: BLAS's thread count is process-wide
 _state = {}               # the threadpoolctl controller and the thread pool, made on first use
+_local = threading.local()  # .inside: this thread already runs one share of a parallel region
 
 
 def _controller():
@@ -60,6 +65,29 @@ def batch_parallel(fn, sample, timesteps):
         return fn(sample, timesteps)
     bounds = np.linspace(0, len(sample), threads + 1).round().astype(int)
     slices = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+    return np.concatenate(_share(lambda s: fn(sample[s], timesteps[s]), slices, threads))
+
+
+def shared_out(fn, items):
+    """fn(item) for each item (independent blocks of one op, each writing its own part of the output),
+    over the CPU threads with a one-thread BLAS each; in order, in this thread, where this thread is
+    already one share of a parallel region (a slice of `batch_parallel`), or BLAS has one thread."""
+    threads = 1 if getattr(_local, "inside", False) or len(items) < 2 else min(cpu_threads(), len(items))
+    if threads < 2:
+        for item in items:
+            fn(item)
+    else:
+        _share(fn, items, threads)
+
+
+def _share(fn, items, threads):
+    """[fn(item) for item in items] in `threads` worker threads, each marked as inside a parallel region."""
+    def run(item):
+        _local.inside = True
+        try:
+            return fn(item)
+        finally:
+            _local.inside = False
+
     with _lock, _controller().limit(limits=1, user_api="blas"):
-        outputs = list(_pool(threads).map(lambda s: fn(sample[s], timesteps[s]), slices))
-    return np.concatenate(outputs)
+        return list(_pool(threads).map(run, items))

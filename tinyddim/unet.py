@@ -48,7 +48,7 @@ def attention_block(p, h, head_dim, num_groups, eps, output_scale=1.0):
     x = h
     if "group_norm" in p:
         h = group_norm(h, **p["group_norm"], num_groups=num_groups, eps=eps)
-    tokens = h.reshape(batch, channels, height * width).swapaxes(1, 2)  # (B, C, H, W) -> (B, HW, C)
+    tokens = h.reshape(batch, channels, height * width).swapaxes(1, 2).copy()  # (B, C, H, W) -> (B, HW, C)
 
     def split_heads(y):
         return y.reshape(batch, -1, heads, head_dim).swapaxes(1, 2)  # (B, HW, C) -> (B, heads, HW, d)
@@ -57,7 +57,8 @@ def attention_block(p, h, head_dim, num_groups, eps, output_scale=1.0):
     out = attention(q, k, v).swapaxes(1, 2).reshape(batch, -1, channels)  # -> (B, HW, C)
     out = linear(out, **p["to_out"][0])
     out = out.swapaxes(1, 2).reshape(batch, channels, height, width)  # (B, HW, C) -> (B, C, H, W)
-    return (out + x) / output_scale
+    out += x
+    return out if output_scale == 1 else out / output_scale
 
 
 def downsample(p, h, padding):

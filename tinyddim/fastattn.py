@@ -1,0 +1,41 @@
+"""The speed-up of `nn.attention` on the CPU: scaled dot-product attention for many small heads.
+
+The bundled model attends with heads of 8 channels over 64 tokens (its 8x8 level), 8 heads per image: at
+batch 64 that is 512 tiny products, and the time goes into the passes over the (heads, tokens, tokens)
+scores (max, exp, sum, scale), not into the products. So the scores are made in chunks of heads that stay
+in cache (ATTENTION_CHUNK floats), each worked in place, and every pass that can run on a smaller array
+does: 1/√d is applied to q (d columns, not tokens²) and the softmax's division to the output (d_v columns).
+The usual shift by the row maximum (so that exp cannot overflow) is skipped where Cauchy–Schwarz bounds
+every score, |q_i · k_j| ≤ |q_i| |k_j| ≤ 80: then exp lies in [e^−80, e^80], far from float32's limits,
+and the unshifted softmax is the same. `nn.attention` hands off here; the tests compare the two.
+"""
+
+import numpy as np
+
+ATTENTION_CHUNK = 1 << 16  # score floats per chunk (256 KiB)
+
+
+def attention(q, k, v):
+    """softmax(q kᵀ / √d) v over (..., tokens, d), as `nn.attention`, in chunks of the leading axes."""
+    lead = q.shape[:-2]
+    q, k, v = (a.reshape((-1,) + a.shape[-2:]) for a in (q, k, v))  # (..., N, d) -> (heads, N, d)
+    out = np.empty(q.shape[:2] + v.shape[-1:], dtype=np.result_type(q, v))
+    step = max(1, ATTENTION_CHUNK // (q.shape[1] * k.shape[1]))
+    scale = np.float32(1 / np.sqrt(q.shape[-1]))
+    for start in range(0, len(q), step):
+        part = slice(start, start + step)
+        queries, keys = q[part] * scale, k[part]
+        scores = queries @ keys.swapaxes(-1, -2)  # (n, N, d) @ (n, d, M) -> (n, N, M)
+        if _largest_score_bound(queries, keys) > 80:
+            scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        np.matmul(scores, v[part], out=out[part])  # (n, N, M) @ (n, M, d_v) -> (n, N, d_v)
+        out[part] /= scores.sum(axis=-1, keepdims=True)  # the softmax's normalisation, on d_v columns
+    return out.reshape(lead + out.shape[-2:])  # (heads, N, d_v) -> (..., N, d_v)
+
+
+def _largest_score_bound(queries, keys):
+    """max over heads of max_i |q_i| · max_j |k_j| (Cauchy–Schwarz), for (n, N, d) and (n, M, d)."""
+    q_norms = np.einsum("hnd,hnd->hn", queries, queries).max(axis=-1)  # (n,) largest |q_i|² per head
+    k_norms = np.einsum("hmd,hmd->hm", keys, keys).max(axis=-1)
+    return float(np.sqrt((q_norms * k_norms).max()))
