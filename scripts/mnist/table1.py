@@ -15,8 +15,11 @@ last), so a partial run still fills whole rows of S.
     python scripts/mnist/table1.py --state STATE_DIR --out docs/table1      # writes table1.{json,md,png}
     [--n-images 2000] [--ddpm-images 1000] [--batch-size 250] [--steps 10 20] [--report-only]
 
-The wall time of a cell is its sampling time per image (measured over the runs that made its images, with
-the thread count printed beside it) times its number of images.
+Wall time. The grid runs for hours, beside other work, so its own clock says little. `--calibrate` times
+the bundled model's sampling on a quiet machine (one batch of --batch-size images over 10 DDIM steps,
+rounds, min / median / max) and keeps the seconds per image per step in STATE/calibration.json; a cell's
+wall time is then S x that x its images (every sampler here costs one UNet evaluation per step; the step
+itself is negligible). Without a calibration, the grid's own measured time is reported.
 """
 
 import argparse
@@ -47,7 +50,8 @@ def cells(steps, n_images, ddpm_images):
                 plan.append((f"{spacing}-S{S}-{label}", dict(sampler="DDIM" if row != "σ̂" else "σ̂", row=str(row),
                              spacing=spacing, S=S), n_images,
                              lambda pipe, row=row, S=S, spacing=spacing: table1_cell(pipe, row, S, spacing)))
-        plan.append((f"quadratic-S{S}-eta0", dict(sampler="DDIM", row="0", spacing="quadratic", S=S), n_images,
+        plan.append((f"quadratic-S{S}-eta0", dict(sampler="DDIM", row="0", spacing="quadratic", S=S,
+                                                  evaluations=len(td.quadratic_timesteps(S))), n_images,
                      lambda pipe, S=S: table1_cell(pipe, 0.0, S, timesteps=td.quadratic_timesteps(S))))
     plan.append(("ddpm-S1000", dict(sampler="DDPM", row="DDPM", spacing="all", S=1000), ddpm_images,
                  lambda pipe: table1_cell(pipe, "DDPM", 1000)))
@@ -84,6 +88,31 @@ def run_cell(state, name, n, build, pipe, batch_size, seed):
               "seconds_per_image": timing["seconds"] / max(timing["images"], 1), "threads": timing["threads"]}
     write_json(result_path, result)
     return result
+
+
+def calibrate(state, pipe, batch_size, seed, rounds=3):
+    """Seconds per image per step of the bundled model's DDIM sampling at this batch size and thread count."""
+    pipeline, call = table1_cell(pipe, 0.0, 10)
+    generators = lambda: [np.random.default_rng([seed, k]) for k in range(batch_size)]
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        pipeline(batch_size=batch_size, generator=generators(), output_type="np", progress=False, **call)
+        times.append((time.perf_counter() - start) / (batch_size * 10))
+    result = {"seconds_per_image_step": float(np.median(times)), "min": min(times), "max": max(times),
+              "batch_size": batch_size, "threads": td.parallel.cpu_threads(), "rounds": rounds,
+              "cpu": platform.processor() or platform.machine(), "numpy": np.__version__}
+    write_json(state / "calibration.json", result)
+    return result
+
+
+def wall_times(results, plan, calibration):
+    """Each finished cell's seconds per image: S x the calibrated cost of a step, else the grid's own clock."""
+    for name, info, _, _ in plan:
+        if name in results and calibration:
+            steps = info.get("evaluations", info["S"])  # the quadratic list drops repeats: fewer than S at S ≥ 30
+            results[name]["seconds_per_image"] = steps * calibration["seconds_per_image_step"]
+    return results
 
 
 def table(results, plan, floor):
@@ -157,6 +186,7 @@ def main():
     parser.add_argument("--no-ddpm", action="store_true", help="leave out DDPM over all 1,000 steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished cells only")
+    parser.add_argument("--calibrate", action="store_true", help="time the sampler (on a quiet machine) first")
     args = parser.parse_args()
     state = Path(args.state)
     for sub in ("cells", "timing", "results"):
@@ -166,6 +196,8 @@ def main():
     if args.no_ddpm:
         plan = [cell for cell in plan if cell[1]["S"] != 1000]
     pipe = td.default_pipeline()
+    if args.calibrate:
+        print("calibration:", calibrate(state, pipe, args.batch_size, args.seed), flush=True)
     results = {}
     for name, info, n, build in plan:
         if args.report_only:
@@ -180,13 +212,15 @@ def main():
 
     if args.out:
         floor = read(FLOOR, {}).get("test_vs_other_test_digits", {})
-        done = {name: results[name] for name, *_ in plan if name in results}
+        calibration = read(state / "calibration.json")
+        done = wall_times({name: dict(results[name]) for name, *_ in plan if name in results}, plan, calibration)
         text = (f"**Table 1, reproduced** on the bundled model: Fréchet distance (`tinyddim.fid`, features of "
                 f"the shipped digit network) of {args.n_images} samples per cell against the 10,000 MNIST test "
                 f"digits; lower is better. {len(done)} of {len(plan)} cells computed.\n\n" + table(done, plan, floor))
         write_json(Path(args.out + ".json"), {
             "cells": [{"name": name, **info, **done[name]} for name, info, _, _ in plan if name in done],
             "planned": len(plan), "n_images": args.n_images, "ddpm_images": args.ddpm_images, "seed": args.seed,
+            "wall_time": calibration or "the grid's own clock (no calibration)",
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "numpy": np.__version__}})
         write_atomic(args.out + ".md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
