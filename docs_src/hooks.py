@@ -4,9 +4,10 @@
   appears without touching mkdocs.yml); mkdocs-jupyter executes each one at build time.
 - Includes: a line `<!-- include FILE -->`, `<!-- include FILE ## Heading -->` (that section of FILE, up to
   the next heading of the same level or higher), `<!-- include FILE (intro) -->` (the text before the first
-  `## ` heading, without the `# ` title) or `<!-- include-optional FILE -->` (nothing when FILE is absent) is
-  replaced by that text. Its links are rewritten for the site: to the page that shows the linked file, to
-  the figure copied from docs/, or to plain text when the site has no page for the file.
+  `## ` heading, without the `# ` title), `<!-- include FILE (demote) -->` (its headings one level down) or
+  `<!-- include-optional FILE ... -->` (nothing when FILE is absent) is replaced by that text. Its links
+  are rewritten for the site: to the page that shows the linked file, to the figure copied from docs/, or
+  to plain text when the site has no page for the file.
 - Source pages: `source/NAME.md` shows `tinyddim/NAME.py` with numbered, anchored lines; each API entry
   links to its first line (the templates write `tinyddim-source:MODULE#LINE`, rewritten here).
 - Math offline: MathJax comes from the `mathjax` Python package (django-static-mathjax on PyPI) and is
@@ -161,6 +162,8 @@ def on_page_markdown(markdown, page, config, files):
         text = path.read_text(encoding="utf-8")
         if part == "(intro)":
             text = _intro(text)
+        elif part == "(demote)":  # the file's headings one level down, under the page's own title
+            text = re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.MULTILINE)
         elif part:
             text = _section(text, part, f"{page.file.src_path} including {name}")
         return _rewrite_links(text, name, page.file.src_path)
