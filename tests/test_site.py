@@ -246,7 +246,7 @@ def test_course_page_in_the_browser(path, server, browser):
         assert seen["next"].endswith(f"notebooks/{NOTEBOOKS[i + 1].stem}.html"), seen["next"]
 
 
-@pytest.mark.parametrize("page", ["index", "tables", "speed", "benchmarks", "api/index", "api/ddim", "api/unet",
+@pytest.mark.parametrize("page", ["index", "tables", "speed", "benchmarks", "api/index", "api/ddim", "api/schedules", "api/unet",
                                   "source/ddim"])
 def test_other_pages_in_the_browser(page, server, browser):
     seen = _load(browser, f"{server}{page}.html", page.replace("/", "_"))
