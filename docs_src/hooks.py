@@ -11,7 +11,8 @@
 - Source pages: `source/NAME.md` shows `tinyddim/NAME.py` with numbered, anchored lines; each API entry
   links to its first line (the templates write `tinyddim-source:MODULE#LINE`, rewritten here).
 - Math offline: MathJax comes from the `mathjax` Python package (django-static-mathjax on PyPI) and is
-  copied into `assets/mathjax/`; nbconvert's own MathJax 2 script tag (a CDN address) is removed.
+  copied into `assets/mathjax/`; nbconvert's own MathJax 2 and mermaid.js loaders (CDN addresses) are
+  removed from the notebook pages.
 """
 
 import posixpath
@@ -36,6 +37,8 @@ PAGES = {
 INCLUDE = re.compile(r"^<!-- (include|include-optional) (\S+)(?: (.+?))? -->[ \t]*$", re.MULTILINE)
 LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")
 MATHJAX_V2 = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL)
+MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?jp-Mermaid.*?<!-- End of mermaid configuration -->',
+                     re.DOTALL)  # nbconvert's loader of mermaid.js from a CDN (no notebook here draws a diagram)
 SOURCE_LINK = re.compile(r'href="tinyddim-source:([\w.]+)#(\d+)"')
 
 
@@ -175,6 +178,7 @@ def on_page_content(html, page, config, files):
     src = page.file.src_uri
     if src.startswith("notebooks/") and src.endswith(".ipynb"):
         html = MATHJAX_V2.sub("", html)  # nbconvert's MathJax 2 from a CDN; the site loads its own MathJax 3
+        html = MERMAID.sub("", html)
         name = posixpath.basename(src)
         link = (f'<p class="tinyddim-notebook-file">The notebook: <a href="{name}" download>{name}</a> '
                 f'(this page shows it as executed when the site was built; '
