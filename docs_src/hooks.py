@@ -1,7 +1,10 @@
 """MkDocs hooks that build the tinyddim site from the files of the repository, not from copies of them.
 
 - The course: every `notebooks/*.ipynb`, in name order, fills the nav entry `Course: []` (a new notebook
-  appears without touching mkdocs.yml); mkdocs-jupyter executes each one at build time.
+  appears without touching mkdocs.yml). Each build executes them here, as many at once as there are CPU
+  cores (nbclient, one kernel each, a cell that fails fails the build), and mkdocs-jupyter turns the
+  executed copies into pages; the site offers the repository's notebook file (no outputs) beside each page.
+  `extra.execute_notebooks: false` (TINYDDIM_SITE_EXECUTE=false) shows them unexecuted, for a quick preview.
 - Includes: a line `<!-- include FILE -->`, `<!-- include FILE ## Heading -->` (that section of FILE, up to
   the next heading of the same level or higher), `<!-- include FILE (intro) -->` (the text before the first
   `## ` heading, without the `# ` title), `<!-- include FILE (demote) -->` (its headings one level down) or
@@ -15,8 +18,12 @@
   removed from the notebook pages.
 """
 
+import asyncio
+import os
 import posixpath
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -26,6 +33,7 @@ from mkdocs.utils import get_relative_url
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+CELL_TIMEOUT = 600  # seconds; each notebook runs in well under a minute on a laptop CPU
 FIGURE_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".gif"}
 # repository file -> the site page that shows it (links to these files go to the page)
 PAGES = {
@@ -42,8 +50,38 @@ MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?jp-Mermaid.*?<!
 SOURCE_LINK = re.compile(r'href="tinyddim-source:([\w.]+)#(\d+)"')
 
 
+_executed = None  # the folder holding this build's executed notebooks (removed after the build)
+
+
 def notebooks():
     return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def execute_notebooks(paths, out_dir, workers):
+    """Run each notebook top to bottom in its own python3 kernel, `workers` at a time, into out_dir."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    # each kernel gets one BLAS thread unless told otherwise: the kernels already share out the cores
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+    async def run(path, gate):
+        async with gate:
+            notebook = nbformat.read(path, as_version=4)
+            client = NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
+                                    resources={"metadata": {"path": str(path.parent)}})
+            try:
+                await client.async_execute(env=env)
+            except CellExecutionError as err:
+                raise PluginError(f"notebooks/{path.name} fails:\n{err}") from None
+            nbformat.write(notebook, out_dir / path.name)
+
+    async def run_all():
+        gate = asyncio.Semaphore(workers)
+        await asyncio.gather(*(run(path, gate) for path in paths))
+
+    asyncio.run(run_all())
 
 
 def on_config(config):
@@ -69,10 +107,17 @@ def _mathjax_root():
 @event_priority(100)  # before mkdocs-jupyter, which turns .ipynb files into pages
 def on_files(files, config):
     """Add the notebooks, the figures of docs/, MathJax and one source page per module to the site."""
+    global _executed
+    src_dir = ROOT
+    if config.extra.get("execute_notebooks", True):
+        _executed = Path(tempfile.mkdtemp(prefix="tinyddim-site-"))
+        (_executed / "notebooks").mkdir()
+        execute_notebooks(notebooks(), _executed / "notebooks", min(len(notebooks()), os.cpu_count() or 1))
+        src_dir = _executed
     for path in notebooks():
-        # a File read from the repository root (mkdocs-jupyter's wrapper needs a real src_dir): the page of
-        # notebooks/NAME.ipynb is notebooks/NAME.html
-        files.append(File(f"notebooks/{path.name}", str(ROOT), config.site_dir, config.use_directory_urls))
+        # a File with a real src_dir (mkdocs-jupyter's wrapper needs one): the page of notebooks/NAME.ipynb
+        # is notebooks/NAME.html
+        files.append(File(f"notebooks/{path.name}", str(src_dir), config.site_dir, config.use_directory_urls))
     for path in sorted((ROOT / "docs").iterdir()):
         if path.suffix.lower() in FIGURE_SUFFIXES:
             files.append(File.generated(config, f"figures/{path.name}", abs_src_path=str(path)))
@@ -193,3 +238,17 @@ def on_page_content(html, page, config, files):
         return f'href="{get_relative_url(target, page.url)}#__codelineno-0-{line}"'
 
     return SOURCE_LINK.sub(source_link, html)
+
+
+def on_post_build(config):
+    """Beside each notebook page, the notebook file as committed; then remove the executed copies."""
+    for path in notebooks():
+        shutil.copyfile(path, Path(config.site_dir) / "notebooks" / path.name)
+    on_build_error(None)
+
+
+def on_build_error(error, **kwargs):
+    global _executed
+    if _executed is not None:
+        shutil.rmtree(_executed, ignore_errors=True)
+        _executed = None

@@ -141,6 +141,32 @@ def test_docstrings_read_as_in_the_code(site):
     assert "(DDIM Eq. 12)" in text and "(DDIM Eq. 16)" in text
 
 
+def test_a_failing_notebook_fails_the_build(tmp_path):
+    """A copy of the site's sources whose notebooks are one-cell stand-ins, one of them raising: the strict
+    build stops with the name of the notebook and the error, and writes no site."""
+    import nbformat
+
+    for name in ("mkdocs.yml", "README.md", "benchmarks/README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    for folder in ("docs_src", "docs", "tinyddim"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "bundled"))
+    (tmp_path / "notebooks").mkdir()
+    for i, path in enumerate(NOTEBOOKS):
+        notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                     "display_name": "Python 3"}})
+        code = "raise ValueError('this cell fails on purpose')" if i == 1 else "1 + 1"
+        notebook.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), nbformat.v4.new_code_cell(code)]
+        nbformat.write(notebook, tmp_path / "notebooks" / path.name)
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(tmp_path))
+    env.pop("TINYDDIM_SITE_EXECUTE", None)
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "out")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert f"notebooks/{NOTEBOOKS[1].name} fails" in run.stderr and "this cell fails on purpose" in run.stderr
+    assert not (tmp_path / "out" / "index.html").exists()
+
+
 # ---- in a browser --------------------------------------------------------------------------------
 
 
