@@ -219,12 +219,25 @@ def on_page_markdown(markdown, page, config, files):
     return INCLUDE.sub(repl, markdown)
 
 
+def _notebook_title(path):
+    """The first `# ` heading of the notebook's markdown, its `code` spans as plain text."""
+    import json
+
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].replace("`", "").strip()
+    return None
+
+
 def on_page_content(html, page, config, files):
     src = page.file.src_uri
     if src.startswith("notebooks/") and src.endswith(".ipynb"):
         html = MATHJAX_V2.sub("", html)  # nbconvert's MathJax 2 from a CDN; the site loads its own MathJax 3
         html = MERMAID.sub("", html)
         name = posixpath.basename(src)
+        page.title = _notebook_title(NOTEBOOKS / name) or page.title  # mkdocs-jupyter's drops `code` spans
         link = (f'<p class="tinyddim-notebook-file">The notebook: <a href="{name}" download>{name}</a> '
                 f'(this page shows it as executed when the site was built; '
                 f'open it with <code>jupyter lab notebooks/{name}</code>).</p>')
