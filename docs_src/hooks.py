@@ -137,7 +137,8 @@ def on_files(files, config):
 def _source_page(path):
     code = path.read_text(encoding="utf-8")
     api = f"[the API reference of tinyddim.{path.stem}](../api/{path.stem}.md)"
-    return ("---\nhide:\n  - navigation\n  - toc\n---\n\n"  # the whole width for 110-column code
+    # the whole width for 110-column code; left out of search, where the API pages stand for the code
+    return ("---\nhide:\n  - navigation\n  - toc\nsearch:\n  exclude: true\n---\n\n"
             f"# tinyddim/{path.name}\n\n{len(code.splitlines())} lines; {api}.\n\n"
             f'````python linenums="1"\n{code}\n````\n')
 
