@@ -11,8 +11,10 @@
   `<!-- include-optional FILE ... -->` (nothing when FILE is absent) is replaced by that text. Its links
   are rewritten for the site: to the page that shows the linked file, to the figure copied from docs/, or
   to plain text when the site has no page for the file.
-- Source pages: `source/NAME.md` shows `tinyddim/NAME.py` with numbered, anchored lines; each API entry
-  links to its first line (the templates write `tinyddim-source:MODULE#LINE`, rewritten here).
+- API and source pages, one each per module of the package: `api/NAME.md` is mkdocstrings' page of
+  `tinyddim.NAME`, in the nav in the order of `extra.api_order` (a new module goes at the end);
+  `source/NAME.md` shows `tinyddim/NAME.py` with numbered, anchored lines, and each API entry links to
+  its first line (the templates write `tinyddim-source:MODULE#LINE`, rewritten here).
 - Math offline: MathJax comes from the `mathjax` Python package (django-static-mathjax on PyPI) and is
   copied into `assets/mathjax/`; nbconvert's own MathJax 2 and mermaid.js loaders (CDN addresses) are
   removed from the notebook pages.
@@ -84,14 +86,28 @@ def execute_notebooks(paths, out_dir, workers):
     asyncio.run(run_all())
 
 
+def modules():
+    """The package's modules by name (`ddim`, ...), without `__init__` and `__main__`."""
+    return sorted(path.stem for path in (ROOT / "tinyddim").glob("*.py") if not path.name.startswith("_"))
+
+
+def api_modules(config):
+    """The modules in the order of `extra.api_order`, then any module it does not name, by name."""
+    order = [name for name in config.extra.get("api_order", []) if name in modules()]
+    return order + [name for name in modules() if name not in order]
+
+
 def on_config(config):
-    """Fill the nav entry `Course: []` with the notebooks, in name order."""
+    """Fill the nav entries `Course: []` (the notebooks, in name order) and `API reference: []`."""
+    fill = {"Course": [f"notebooks/{path.name}" for path in notebooks()],
+            "API reference": ["api/index.md"] + [f"api/{name}.md" for name in api_modules(config)]}
     for entry in config.nav or []:
-        if isinstance(entry, dict) and entry.get("Course") == []:
-            entry["Course"] = [f"notebooks/{path.name}" for path in notebooks()]
-            break
-    else:
-        raise PluginError("mkdocs.yml: the nav needs an entry `- Course: []` for the notebooks")
+        if isinstance(entry, dict) and len(entry) == 1:
+            (title, value), = entry.items()
+            if title in fill and value == []:
+                entry[title] = fill.pop(title)
+    if fill:
+        raise PluginError(f"mkdocs.yml: the nav needs the entries {', '.join(f'`- {t}: []`' for t in fill)}")
     return config
 
 
@@ -127,10 +143,12 @@ def on_files(files, config):
         # tex-svg.js and the components it loads on demand (TeX extensions, menu, assistive MathML)
         if path.is_file() and ("/" in rel or rel == "tex-svg.js") and not rel.startswith(("sre/", "output/chtml")):
             files.append(File.generated(config, f"assets/mathjax/{rel}", abs_src_path=str(path)))
-    for path in sorted((ROOT / "tinyddim").glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        files.append(File.generated(config, f"source/{path.stem}.md", content=_source_page(path)))
+    for name in modules():
+        source = _source_page(ROOT / "tinyddim" / f"{name}.py")
+        api = (f"# tinyddim.{name}\n\nThe whole file, with line numbers: "
+               f"[tinyddim/{name}.py](../source/{name}.md).\n\n::: tinyddim.{name}\n")
+        files.append(File.generated(config, f"source/{name}.md", content=source))
+        files.append(File.generated(config, f"api/{name}.md", content=api))
     return files
 
 
