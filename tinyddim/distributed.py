@@ -57,7 +57,11 @@ def run_chunks(client, pipe, job, chunks, done):
     device = pipe.unet.device
     host = pipe if device == "cpu" else pipe.to("cpu")     # sent as NumPy; each worker moves it once
     [shared] = client.scatter([host], broadcast=True)
-    futures = {client.submit(_task, shared, job, chunk, device, pure=False): len(chunk) for chunk in chunks}
+    # dealt round-robin over the workers (every worker holds the pipeline, so the scheduler may otherwise
+    # queue them all on one); allow_other_workers lets a dead worker's tasks run elsewhere
+    workers = sorted(client.scheduler_info()["workers"])
+    futures = {client.submit(_task, shared, job, chunk, device, pure=False, workers=[workers[i % len(workers)]],
+                             allow_other_workers=True): len(chunk) for i, chunk in enumerate(chunks)}
     try:
         for future in distributed.as_completed(futures):
             done(futures[future], future.result())
