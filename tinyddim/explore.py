@@ -74,16 +74,10 @@ def eta_sweep(pipe, score, etas=(0.0, 0.5, 1.0), steps=(10, 20, 50, 100), batch_
     table = {}
     for S in steps:
         timesteps = _timesteps(pipe, S, timesteps_for)
-        for eta in etas:
-            table[(eta, S)] = score(pipe(batch_size=batch_size, latents=latents, eta=eta, generator=seed + 1,
-                                         num_inference_steps=S, output_type="np", progress=False,
-                                         timesteps=timesteps).images)
-        if sigma_hat:
-            ddpm = DDPMPipeline(pipe.unet, DDPMScheduler.from_config(
-                {**pipe.scheduler.config, "variance_type": "fixed_large"}))
-            table[("σ̂", S)] = score(ddpm(batch_size=batch_size, latents=latents, generator=seed + 1,
-                                          num_inference_steps=S, output_type="np", progress=False,
-                                          timesteps=timesteps).images)
+        for row in list(etas) + (["σ̂"] if sigma_hat else []):
+            pipeline, call = table1_cell(pipe, row, S, timesteps=timesteps)  # the same cells as Table 1's grid
+            table[(row, S)] = score(pipeline(batch_size=batch_size, latents=latents, generator=seed + 1,
+                                             output_type="np", progress=False, **call).images)
     return table
 
 
