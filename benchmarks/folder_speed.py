@@ -7,8 +7,10 @@ when the batch size or thread count changes. The bundled model, PNGs written, on
 Sections
     throughput  tinyddim's sample_to_folder at each --batch-sizes against diffusers' DDIMPipeline on the
                 same weights and steps (writing the same PNGs), one process, --threads threads each
-    dask        a Dask LocalCluster of 2 single-thread worker processes against one process with 2
-                threads; the cluster's start (and its imports) is not counted, sending it the model is
+    dask        a Dask LocalCluster of 2 single-thread worker processes (as `--dask local:2` starts it)
+                against one process with 2 threads; the cluster's start (and its imports) is not
+                counted, sending it the model is. --dask-trim also times workers with Dask's default
+                MALLOC_TRIM_THRESHOLD_=65536 (see tinyddim.distributed: the reason to unset it)
     memory      peak RSS of a whole `tinyddim sample --out-dir` process at N = 1,000 and 10,000 images
                 (--memory-sizes),
                 with --memory-steps steps (1 by default: the UNet's memory does not depend on N, the
@@ -124,35 +126,43 @@ def dask_section(args):
     from threadpoolctl import threadpool_limits
 
     import tinyddim as td
+    from tinyddim.distributed import local_cluster
 
     pipe = td.default_pipeline()
     N, S, B = args.num_images, args.steps, args.batch_sizes[0]
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
-    client = Client(cluster)
-    client.run(__import__, "tinyddim.folder")  # the workers' imports are part of starting them
-    times = {"one process, 2 threads": [], "Dask, 2 single-thread workers": []}
+    clusters = {"Dask, 2 single-thread workers": local_cluster(2)}  # as `--dask local:2` starts it
+    if args.dask_trim:
+        clusters["  the same, Dask's MALLOC_TRIM"] = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+    clients = {name: Client(cluster) for name, cluster in clusters.items()}
+    for client in clients.values():
+        client.run(__import__, "tinyddim.folder")  # the workers' imports are part of starting them
+    times = {"one process, 2 threads": [], **{name: [] for name in clients}}
     try:
         for _ in range(args.rounds):
             for name in times:
                 out = tempfile.mkdtemp(prefix="folder_speed-")
                 kwargs = dict(pipeline=pipe, num_inference_steps=S, batch_size=B, progress=False)
                 try:
-                    if name.startswith("Dask"):
-                        times[name].append(timed(lambda: td.sample_to_folder(out, N, client=client, **kwargs)))
+                    if name in clients:
+                        run = lambda: td.sample_to_folder(out, N, client=clients[name], **kwargs)
+                        times[name].append(timed(run))
                     else:
                         with threadpool_limits(2, user_api="blas"):
                             times[name].append(timed(lambda: td.sample_to_folder(out, N, **kwargs)))
                 finally:
                     shutil.rmtree(out)
     finally:
-        client.close()
-        cluster.close()
+        for name in clients:
+            clients[name].close()
+            clusters[name].close()
     print(f"dask: {N} images x {S} steps, batch {B}; images/s min / median / max over {args.rounds} rounds")
     for name, values in times.items():
         print(f"  {name:32s} {spread([N / t for t in values])}")
-    one, dask = (statistics.median(values) for values in times.values())
-    print(f"  Dask overhead (median time / one process's - 1): {dask / one - 1:+.1%} (target <= 10%)")
+    one, *dask = (statistics.median(values) for values in times.values())
+    print(f"  Dask overhead (median time / one process's - 1): {dask[0] / one - 1:+.1%} (target <= 10%)")
+    if args.dask_trim:
+        print(f"  with Dask's MALLOC_TRIM_THRESHOLD_: {dask[1] / one - 1:+.1%}")
     return times
 
 
@@ -233,6 +243,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-steps", type=int, default=1)
     parser.add_argument("--memory-sizes", type=lambda s: [int(n) for n in s.split(",")], default=[1000, 10000])
+    parser.add_argument("--dask-trim", action="store_true", help="also time Dask's default worker environment")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()

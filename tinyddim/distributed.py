@@ -11,13 +11,25 @@ files it wrote: no image travels through the scheduler. A worker killed mid-task
 the task again on another worker, and since PNGs are renamed into place whole, the rerun finds those its
 first try finished and makes only the rest.
 
+Worker memory settings. Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (its
+`distributed.nanny.pre-spawn-environ`, so that freed memory goes back to the OS). Setting that variable
+also fixes glibc's mmap threshold at 128 KiB, so every large NumPy temporary of the forward pass is a
+fresh mmap whose pages are faulted in and zeroed again: the UNet then runs about twice as slow. The
+cluster that `connect("local:N")` starts leaves the variable unset; for workers started otherwise
+(`dask worker`, dask-jobqueue), unset it in a Dask config file on their machines, e.g.
+~/.config/dask/tinyddim.yaml holding `distributed: {nanny: {pre-spawn-environ: {MALLOC_TRIM_THRESHOLD_: null}}}`.
+A worker that has it set logs a warning once.
+
 Dask is imported only inside these functions; the rest of tinyddim does not need it.
 """
 
 import logging
+import os
 
 EXTRA = "pip install 'tinyddim[dask]'"
+TRIM = "MALLOC_TRIM_THRESHOLD_"
 _on_worker = {}  # (model hash, device) -> the pipeline moved to that device, once per worker process
+_warned = []     # non-empty once this worker has logged the MALLOC_TRIM_THRESHOLD_ warning
 
 
 def import_distributed():
@@ -40,14 +52,24 @@ def connect(address, timeout=10):
         workers = address[len("local:"):]
         if not workers.isdigit() or int(workers) < 1:
             raise ValueError(f"--dask local:N needs a number of workers N >= 1, got {address!r}")
-        return distributed.Client(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", silence_logs=logging.ERROR)
+        return distributed.Client(local_cluster(int(workers)))
     try:
         return distributed.Client(address, timeout=timeout)
     except ValueError as err:
         raise ValueError(f"bad Dask scheduler address {address!r}: {err}") from None
     except OSError:
         raise ConnectionError(f"no Dask scheduler answered at {address} within {timeout:g} s") from None
+
+
+def local_cluster(n_workers, **kwargs):
+    """A LocalCluster of `n_workers` single-thread worker processes, started without Dask's
+    MALLOC_TRIM_THRESHOLD_ (see the module docstring); `kwargs` go to LocalCluster (e.g. env=)."""
+    distributed = import_distributed()
+    import dask
+
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM}": None}):
+        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0", silence_logs=logging.ERROR, **kwargs)
 
 
 def run_chunks(client, pipe, job, chunks, done):
@@ -73,6 +95,11 @@ def _task(pipe, job, indices, device):
     """On a worker: the images `indices` of `job`, with the worker's copy of the pipeline."""
     from .folder import make_images
 
+    if TRIM in os.environ and device == "cpu" and not _warned:
+        _warned.append(TRIM)
+        logging.getLogger(__name__).warning(
+            "%s=%s is set on this Dask worker: the NumPy UNet runs about 2x slower (unset it; see "
+            "tinyddim.distributed)", TRIM, os.environ[TRIM])
     if device != "cpu":
         key = (job.model_sha256, device)
         if key not in _on_worker:

@@ -14,6 +14,10 @@ last), so a partial run still fills whole rows of S.
 
     python scripts/mnist/table1.py --state STATE_DIR --out docs/table1      # writes table1.{json,md,png}
     [--n-images 2000] [--ddpm-images 1000] [--batch-size 250] [--steps 10 20] [--report-only]
+    [--resume-from docs/table1.json]
+
+A lost STATE (a new machine) need not redo finished cells: --resume-from takes the distances of the cells
+an earlier run committed (its OUT.json, same seed and image counts) as finished, and makes only the rest.
 
 Wall time. The grid runs for hours, beside other work, so its own clock says little. `--calibrate` times
 the bundled model's sampling on a quiet machine (one batch of --batch-size images over 10 DDIM steps,
@@ -65,6 +69,22 @@ def read(path, default=None):
 def write_json(path, value):
     text = json.dumps(value, indent=1, ensure_ascii=False)
     write_atomic(str(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def adopt(state, committed, n_images, ddpm_images, seed):
+    """Write the committed JSON's finished cells into STATE/results (where missing); their names, in order."""
+    found = read(Path(committed), {})
+    if (found.get("seed"), found.get("n_images"), found.get("ddpm_images")) != (seed, n_images, ddpm_images):
+        raise SystemExit(f"--resume-from {committed}: made with another seed or image count; not adopted")
+    adopted = []
+    for cell in found.get("cells", []):
+        path = state / "results" / f"{cell['name']}.json"
+        if not path.is_file():
+            write_json(path, {key: cell[key] for key in ("n", "distance", "seconds_per_image", "threads")})
+            adopted.append(cell["name"])
+    if isinstance(found.get("wall_time"), dict) and not (state / "calibration.json").is_file():
+        write_json(state / "calibration.json", found["wall_time"])  # until --calibrate measures this machine
+    return adopted
 
 
 def run_cell(state, name, n, build, pipe, batch_size, seed):
@@ -187,11 +207,15 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished cells only")
     parser.add_argument("--calibrate", action="store_true", help="time the sampler (on a quiet machine) first")
+    parser.add_argument("--resume-from", default=None, help="an earlier OUT.json: its cells count as finished")
     args = parser.parse_args()
     state = Path(args.state)
     for sub in ("cells", "timing", "results"):
         (state / sub).mkdir(parents=True, exist_ok=True)
 
+    if args.resume_from:
+        adopted = adopt(state, args.resume_from, args.n_images, args.ddpm_images, args.seed)
+        print(f"adopted {len(adopted)} finished cells from {args.resume_from}", flush=True)
     plan = cells(args.steps, args.n_images, args.ddpm_images)
     if args.no_ddpm:
         plan = [cell for cell in plan if cell[1]["S"] != 1000]
