@@ -74,3 +74,43 @@ def test_rows_differ_where_the_paper_says_they_differ(pipe):
     np.testing.assert_array_equal(custom, images(0.0))
     _, call = table1_cell(pipe, 0.0, S, timesteps=td.quadratic_timesteps(S))
     assert sorted(call) == ["eta", "timesteps"] and list(call["timesteps"]) == [800, 355, 88, 0]  # int(linspace(0, √800, 4)²)
+
+
+def load_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mnist" / "table1.py"
+    spec = importlib.util.spec_from_file_location("table1_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_shows_the_committed_table():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = load_script()
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = (root / "docs" / "table1.md").read_text(encoding="utf-8")
+    assert script.with_table(readme, table) == readme  # `table1.py --readme README.md` would change nothing
+
+
+def test_a_lost_state_adopts_the_committed_cells_and_refuses_another_run_s(tmp_path):
+    import json
+
+    script = load_script()
+    committed = tmp_path / "table1.json"
+    cell = {"name": "leading-S10-eta0", "n": 8, "distance": 3.5, "seconds_per_image": 0.1, "threads": [2]}
+    calibration = {"seconds_per_image_step": 0.005, "min": 0.004, "max": 0.006}
+    committed.write_text(json.dumps({"cells": [cell], "seed": 0, "n_images": 8, "ddpm_images": 4,
+                                     "wall_time": calibration}))
+    state = tmp_path / "state"
+    (state / "results").mkdir(parents=True)
+    assert script.adopt(state, committed, 8, 4, 0) == ["leading-S10-eta0"]
+    assert json.loads((state / "results" / "leading-S10-eta0.json").read_text())["distance"] == 3.5
+    assert json.loads((state / "calibration.json").read_text()) == calibration
+    assert script.adopt(state, committed, 8, 4, 0) == []  # a cell in the state is not overwritten
+    with pytest.raises(SystemExit, match="another seed or image count"):
+        script.adopt(state, committed, 2000, 4, 0)

@@ -14,7 +14,10 @@ last), so a partial run still fills whole rows of S.
 
     python scripts/mnist/table1.py --state STATE_DIR --out docs/table1      # writes table1.{json,md,png}
     [--n-images 2000] [--ddpm-images 1000] [--batch-size 250] [--steps 10 20] [--report-only]
-    [--resume-from docs/table1.json]
+    [--resume-from docs/table1.json] [--only 'leading-S50-eta0' 'trailing-S50-*'] [--readme README.md]
+
+--readme puts OUT.md between the README's `<!-- table1 -->` and `<!-- /table1 -->` lines (tests/test_table1.py
+checks that the two agree).
 
 A lost STATE (a new machine) need not redo finished cells: --resume-from takes the distances of the cells
 an earlier run committed (its OUT.json, same seed and image counts) as finished, and makes only the rest.
@@ -27,6 +30,7 @@ itself is negligible). Without a calibration, the grid's own measured time is re
 """
 
 import argparse
+import fnmatch
 import json
 import os
 import platform
@@ -60,6 +64,19 @@ def cells(steps, n_images, ddpm_images):
     plan.append(("ddpm-S1000", dict(sampler="DDPM", row="DDPM", spacing="all", S=1000), ddpm_images,
                  lambda pipe: table1_cell(pipe, "DDPM", 1000)))
     return plan
+
+
+def cpu_name():
+    """The CPU's model name and widest vector extension (from /proc/cpuinfo where there is one)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            name = value.strip() if key.strip() == "model name" else name
+            flags = set(value.split()) if key.strip() == "flags" else flags
+    except OSError:
+        pass
+    return name + (", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else "")
 
 
 def read(path, default=None):
@@ -121,7 +138,7 @@ def calibrate(state, pipe, batch_size, seed, rounds=3):
         times.append((time.perf_counter() - start) / (batch_size * 10))
     result = {"seconds_per_image_step": float(np.median(times)), "min": min(times), "max": max(times),
               "batch_size": batch_size, "threads": td.parallel.cpu_threads(), "rounds": rounds,
-              "cpu": platform.processor() or platform.machine(), "numpy": np.__version__}
+              "cpu": cpu_name(), "numpy": np.__version__}
     write_json(state / "calibration.json", result)
     return result
 
@@ -153,11 +170,32 @@ def table(results, plan, floor):
     lines.append("")
     lines.append(f"DDPM over all 1,000 steps: {ddpm['distance']:.2f} ({ddpm['n']} images)" if ddpm
                  else "DDPM over all 1,000 steps: not computed yet")
+    seconds = {}  # S -> seconds per 1,000 images of a leading/trailing cell (every row at one S costs the same)
+    for name, info, _, _ in plan:
+        if name in results and info["spacing"] != "quadratic":
+            seconds.setdefault(info["S"], results[name]["seconds_per_image"] * 1000)
+    if seconds:
+        lines.append("")
+        lines.append("Sampling time per 1,000 images: " + "; ".join(
+            f"S = {S}: {t:,.0f} s" + (f" ({seconds[1000] / t:.0f}x less than DDPM)" if 1000 in seconds and S != 1000
+                                      else "") for S, t in sorted(seconds.items())) + ".")
     if floor:
         lines.append("")
         lines.append("The metric's floor (disjoint subsets of the test digits): "
                      + "; ".join(f"{k} images: {v['mean']:.2f} ± {v['std']:.2f}" for k, v in floor.items()))
     return "\n".join(lines) + "\n"
+
+
+README_MARKERS = ("<!-- table1 -->\n", "<!-- /table1 -->\n")
+
+
+def with_table(readme, text):
+    """The README with `text` between its two marker lines (an error if they are missing)."""
+    start, end = README_MARKERS
+    if start not in readme or end not in readme:
+        raise SystemExit(f"--readme: the README has no {start.strip()} ... {end.strip()} lines")
+    before, rest = readme.split(start, 1)
+    return before + start + text + end + rest.split(end, 1)[1]
 
 
 def figure(results, plan, path):
@@ -207,6 +245,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="write the tables from finished cells only")
     parser.add_argument("--calibrate", action="store_true", help="time the sampler (on a quiet machine) first")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN",
+                        help="make only the cells whose names match these patterns (fnmatch), e.g. '*-S50-eta0'")
+    parser.add_argument("--readme", default=None, help="also put the table into this README, between its markers")
     parser.add_argument("--resume-from", default=None, help="an earlier OUT.json: its cells count as finished")
     args = parser.parse_args()
     state = Path(args.state)
@@ -219,6 +260,10 @@ def main():
     plan = cells(args.steps, args.n_images, args.ddpm_images)
     if args.no_ddpm:
         plan = [cell for cell in plan if cell[1]["S"] != 1000]
+    if args.only:
+        plan = [cell for cell in plan if any(fnmatch.fnmatch(cell[0], pattern) for pattern in args.only)]
+        if not plan:
+            parser.error(f"--only {' '.join(args.only)}: no cell of the grid has such a name")
     pipe = td.default_pipeline()
     if args.calibrate:
         print("calibration:", calibrate(state, pipe, args.batch_size, args.seed), flush=True)
@@ -241,15 +286,23 @@ def main():
         text = (f"**Table 1, reproduced** on the bundled model: Fréchet distance (`tinyddim.fid`, features of "
                 f"the shipped digit network) of {args.n_images} samples per cell against the 10,000 MNIST test "
                 f"digits; lower is better. {len(done)} of {len(plan)} cells computed.\n\n" + table(done, plan, floor))
+        if calibration:
+            text += (f"\nWall time: S x {calibration['seconds_per_image_step'] * 1000:.2f} ms per image per step "
+                     f"(min {calibration['min'] * 1000:.2f}, max {calibration['max'] * 1000:.2f} over "
+                     f"{calibration['rounds']} rounds), timed by `--calibrate` at batch {calibration['batch_size']} "
+                     f"with {calibration['threads']} threads on {calibration['cpu']}, NumPy {calibration['numpy']}.\n")
         write_json(Path(args.out + ".json"), {
             "cells": [{"name": name, **info, **done[name]} for name, info, _, _ in plan if name in done],
             "planned": len(plan), "n_images": args.n_images, "ddpm_images": args.ddpm_images, "seed": args.seed,
             "wall_time": calibration or "the grid's own clock (no calibration)",
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                         "numpy": np.__version__}})
         write_atomic(args.out + ".md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         if done:
             figure(done, plan, Path(args.out + ".png"))
+        if args.readme:
+            write_atomic(args.readme, lambda tmp: Path(tmp).write_text(
+                with_table(Path(args.readme).read_text(encoding="utf-8"), text), encoding="utf-8"))
         print(text)
 
 

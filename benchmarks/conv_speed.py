@@ -1,0 +1,105 @@
+"""The bundled model's convolutions one by one: tinyddim's conv2d against torch's, shape by shape.
+
+    python benchmarks/conv_speed.py --threads 1
+    python benchmarks/conv_speed.py --batch 64 --threads 2 --rounds 7
+
+Records every conv2d call of one forward of the bundled model (input shape, kernel, stride, padding),
+then times each distinct call in both frameworks, interleaved round by round, and prints the median
+milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward (each shape times the
+number of calls). It shows where the forward's conv time goes and how far each shape is from torch's.
+Needs `pip install -e ".[test]"` (torch).
+"""
+
+import argparse
+import collections
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def recorded_convs(pipe, batch):
+    """{(x shape, weight shape, stride, padding): number of calls} over one forward at this batch size."""
+    import numpy as np
+
+    import tinyddim.unet as unet
+
+    calls, conv2d = collections.Counter(), unet.conv2d
+
+    def record(x, weight, bias=None, stride=1, padding=0):
+        calls[(x.shape, weight.shape, stride, padding if isinstance(padding, int) else tuple(padding))] += 1
+        return conv2d(x, weight, bias, stride, padding)
+
+    unet.conv2d = record
+    try:
+        config = pipe.unet.config
+        shape = (batch, config["in_channels"], config["sample_size"], config["sample_size"])
+        pipe.unet(np.zeros(shape, np.float32), np.full(batch, 500))
+    finally:
+        unet.conv2d = conv2d
+    return calls
+
+
+def torch_padding(padding):
+    """torch.nn.functional.conv2d takes one padding for both sides; (0, 1, 0, 1) is an explicit pad first."""
+    return (padding, None) if isinstance(padding, int) else (0, (padding[2], padding[3], padding[0], padding[1]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import machine_section, set_threads
+
+    set_threads(args.threads)  # before NumPy and torch load
+    import numpy as np
+    import torch
+
+    import tinyddim as td
+
+    machine_section(args)
+    pipe = td.default_pipeline()
+    rng = np.random.default_rng(0)
+    total = collections.Counter()
+    print(f"bundled model, batch {args.batch}, {args.threads} threads; ms per call, median (min–max) over "
+          f"{args.rounds} rounds")
+    for (x_shape, w_shape, stride, padding), count in sorted(recorded_convs(pipe, args.batch).items()):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        weight = (rng.standard_normal(w_shape) * 0.1).astype(np.float32)
+        x_torch, w_torch = torch.from_numpy(x), torch.from_numpy(weight)
+        pad, explicit = torch_padding(padding)
+
+        def theirs():
+            inputs = torch.nn.functional.pad(x_torch, explicit) if explicit else x_torch
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(inputs, w_torch, stride=stride, padding=pad)
+
+        runs = {"tinyddim": lambda: td.nn.conv2d(x, weight, None, stride, padding), "torch": theirs}
+        times = {name: [] for name in runs}
+        for fn in runs.values():
+            fn()
+        for _ in range(args.rounds):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+        ours, torch_ms = np.median(times["tinyddim"]), np.median(times["torch"])
+        out_pixels = (x_shape[2] // stride) * (x_shape[3] // stride)
+        gflop = 2 * args.batch * out_pixels * np.prod(w_shape) / 1e9
+        total["tinyddim"] += count * ours
+        total["torch"] += count * torch_ms
+        print(f"  {count:2d} x {str(x_shape):18s} {w_shape[1]:3d}->{w_shape[0]:3d} k{w_shape[2]} s{stride}: "
+              f"tinyddim {ours:6.2f} ({min(times['tinyddim']):.2f}–{max(times['tinyddim']):.2f}), "
+              f"torch {torch_ms:6.2f} ({min(times['torch']):.2f}–{max(times['torch']):.2f}), "
+              f"ratio {ours / torch_ms:4.2f}, torch {gflop / torch_ms * 1e3:4.0f} GFLOP/s")
+    print(f"all convs of one forward: tinyddim {total['tinyddim']:.1f} ms, torch {total['torch']:.1f} ms, "
+          f"ratio {total['tinyddim'] / total['torch']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
