@@ -15,6 +15,7 @@ last), so a partial run still fills whole rows of S.
     python scripts/mnist/table1.py --state STATE_DIR --out docs/table1      # writes table1.{json,md,png}
     [--n-images 2000] [--ddpm-images 1000] [--batch-size 250] [--steps 10 20] [--report-only]
     [--resume-from docs/table1.json] [--only 'leading-S50-eta0' 'trailing-S50-*'] [--readme README.md]
+    [--dask local:2]    # the cells' images on Dask workers (the same PNG bytes; on 2 cores, about 20% faster)
 
 --readme puts OUT.md between the README's `<!-- table1 -->` and `<!-- /table1 -->` lines (tests/test_table1.py
 checks that the two agree).
@@ -41,6 +42,7 @@ import numpy as np
 
 import tinyddim as td
 from tinyddim.config import write_atomic
+from tinyddim.distributed import connect
 from tinyddim.explore import TABLE1_ROWS, table1_cell
 
 STEPS = (10, 20, 50, 100)
@@ -104,7 +106,7 @@ def adopt(state, committed, n_images, ddpm_images, seed):
     return adopted
 
 
-def run_cell(state, name, n, build, pipe, batch_size, seed):
+def run_cell(state, name, n, build, pipe, batch_size, seed, client=None):
     """Make the cell's missing images, add the time to its log, and compute its distance once complete."""
     folder, timing_path, result_path = state / "cells" / name, state / "timing" / f"{name}.json", \
         state / "results" / f"{name}.json"
@@ -112,12 +114,14 @@ def run_cell(state, name, n, build, pipe, batch_size, seed):
     if result is not None and result["n"] == n:
         return result
     pipeline, call = build(pipe)
-    made = td.sample_to_folder(folder, n, pipeline=pipeline, seed=seed, batch_size=batch_size, **call)
+    made = td.sample_to_folder(folder, n, pipeline=pipeline, seed=seed, batch_size=batch_size, client=client, **call)
     timing = read(timing_path, {"seconds": 0.0, "images": 0, "threads": []})
     if made.written:
         timing["seconds"] += made.seconds
         timing["images"] += made.written
-        timing["threads"] = sorted(set(timing["threads"]) | {td.parallel.cpu_threads()})
+        threads = td.parallel.cpu_threads() if client is None else \
+            sum(worker["nthreads"] for worker in client.scheduler_info()["workers"].values())  # all workers'
+        timing["threads"] = sorted(set(timing["threads"]) | {threads})
         write_json(timing_path, timing)
     mu, sigma = td.fid.folder_statistics(folder)
     reference = td.fid.mnist_test_statistics()
@@ -247,6 +251,8 @@ def main():
     parser.add_argument("--calibrate", action="store_true", help="time the sampler (on a quiet machine) first")
     parser.add_argument("--only", nargs="+", metavar="PATTERN",
                         help="make only the cells whose names match these patterns (fnmatch), e.g. '*-S50-eta0'")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help="sample on Dask workers: tcp://HOST:PORT, or local:N single-thread processes")
     parser.add_argument("--readme", default=None, help="also put the table into this README, between its markers")
     parser.add_argument("--resume-from", default=None, help="an earlier OUT.json: its cells count as finished")
     args = parser.parse_args()
@@ -265,6 +271,7 @@ def main():
         if not plan:
             parser.error(f"--only {' '.join(args.only)}: no cell of the grid has such a name")
     pipe = td.default_pipeline()
+    client = None if args.dask is None or args.report_only else connect(args.dask)
     if args.calibrate:
         print("calibration:", calibrate(state, pipe, args.batch_size, args.seed), flush=True)
     results = {}
@@ -275,7 +282,7 @@ def main():
                 results[name] = found
             continue
         start = time.perf_counter()
-        results[name] = run_cell(state, name, n, build, pipe, args.batch_size, args.seed)
+        results[name] = run_cell(state, name, n, build, pipe, args.batch_size, args.seed, client)
         print(f"{name}: distance {results[name]['distance']:.3f} over {n} images "
               f"({time.perf_counter() - start:.0f} s this run)", flush=True)
 
