@@ -24,7 +24,7 @@ def recorded_convs(pipe, batch):
     """{(x shape, weight shape, stride, padding): number of calls} over one forward at this batch size."""
     import numpy as np
 
-    import tinyddim.unet as unet
+    from tinyddim import unet
 
     calls, conv2d = collections.Counter(), unet.conv2d
 
@@ -93,7 +93,7 @@ def main():
         gflop = 2 * args.batch * out_pixels * np.prod(w_shape) / 1e9
         total["tinyddim"] += count * ours
         total["torch"] += count * torch_ms
-        print(f"  {count:2d} x {str(x_shape):18s} {w_shape[1]:3d}->{w_shape[0]:3d} k{w_shape[2]} s{stride}: "
+        print(f"  {count:2d} x {x_shape!s:18} {w_shape[1]:3d}->{w_shape[0]:3d} k{w_shape[2]} s{stride}: "
               f"tinyddim {ours:6.2f} ({min(times['tinyddim']):.2f}–{max(times['tinyddim']):.2f}), "
               f"torch {torch_ms:6.2f} ({min(times['torch']):.2f}–{max(times['torch']):.2f}), "
               f"ratio {ours / torch_ms:4.2f}, torch {gflop / torch_ms * 1e3:4.0f} GFLOP/s")

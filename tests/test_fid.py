@@ -180,6 +180,16 @@ def test_cli_distance_of_a_folder_to_mnist_and_to_another_folder(tmp_path, capsy
     assert fid.fid_against_mnist(folder_a) == fid.fid_against_mnist(a)  # a path is read like the images
 
 
+def test_a_folder_s_first_images_by_name_are_its_limited_statistics(tmp_path):
+    images = blobs(np.random.default_rng(9), 12)
+    folder = write_folder(tmp_path / "a", images)
+    mu, sigma = fid.folder_statistics(folder, limit=7)
+    mu_first, sigma_first = fid.image_statistics(images[:7, ..., None])  # 000.png … 006.png
+    np.testing.assert_allclose(mu, mu_first, atol=1e-6)
+    np.testing.assert_allclose(sigma, sigma_first, atol=1e-6)
+    assert not np.allclose(sigma, fid.folder_statistics(folder)[1], atol=1e-6)
+
+
 def test_images_as_floats_uint8_or_pil_give_the_same_statistics():
     images = blobs(np.random.default_rng(8), 6)  # (6, 16, 16) floats, multiples of 1/255
     pixels = np.round(images * 255).astype(np.uint8)

@@ -120,9 +120,10 @@ def _checked_images(images):
     return images
 
 
-def folder_statistics(folder, progress=False):
-    """(μ, Σ) of the PNG images in `folder` (not its subfolders), read as grayscale 16x16 digits."""
-    files = png_files(folder)
+def folder_statistics(folder, progress=False, limit=None):
+    """(μ, Σ) of the PNG images in `folder` (not its subfolders), read as grayscale 16x16 digits; with
+    `limit`, of the first `limit` of them in name order (000000.png, 000001.png, …: images 0 … limit − 1)."""
+    files = png_files(folder)[:limit]
     sizes = {}
     for path in files:
         with _open_image(path) as image:

@@ -1,14 +1,15 @@
 """The floor of tinyddim's Fréchet distance, and the bundled model's distance; writes docs/fid_floor.json.
 
 The floor is what real digits score against real digits at the sizes a measurement uses: n random test
-digits against the other 10,000 − n (disjoint), over `--splits` random splits, for n = 500 and 2,000.
+digits against the other 10,000 − n (disjoint), over `--splits` random splits, for n in `--sizes` (500, 1,000
+and 2,000: the sizes of the Table 1 cells and of its DDPM anchor).
 Training digits are no floor (the feature network was trained on them), but the bundled diffusion model
 learnt them too, so the script also scores 500 random training digits against the shipped statistics of
 all 10,000 test digits. Last, `--samples` images of the bundled model (DDIM, η = 0) at each of `--steps`
 against the same shipped statistics.
 
     python scripts/mnist/fid_floor.py                       # several minutes on one core, most of it sampling
-    python scripts/mnist/fid_floor.py --samples 0           # the floor only (seconds)
+    python scripts/mnist/fid_floor.py --samples 0           # the floor only (seconds; keeps the file's samples)
 """
 
 import argparse
@@ -63,6 +64,7 @@ def write_report(report, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--splits", type=int, default=10, help="random splits per size (default 10)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000], help="floor sizes n")
     parser.add_argument("--samples", type=int, default=500, help="bundled-model samples per run (0: none)")
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="DDIM steps S (default 10 50)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="sampling seeds (default 0)")
@@ -72,14 +74,19 @@ def main():
     test, train = features_of("test"), features_of("train")
     report = {
         "what": "squared Fréchet distance d² of tinyddim's digit features (tinyddim.fid), mean ± std (ddof 1)",
-        "test_vs_other_test_digits": floor(test, (500, 2000), args.splits),
+        "test_vs_other_test_digits": floor(test, args.sizes, args.splits),
         "train_500_vs_mnist_test_stats": summary(
             [frechet_distance(*feature_statistics(train[np.random.default_rng(seed).permutation(len(train))[:500]]),
                               *mnist_test_statistics()) for seed in range(args.splits)]),
         "bundled_samples_vs_mnist_test_stats": {},
     }
-    report["command"] = (f"python scripts/mnist/fid_floor.py --splits {args.splits} --samples {args.samples} "
-                         f"--steps {' '.join(map(str, args.steps))} --seeds {' '.join(map(str, args.seeds))}")
+    if not args.samples and Path(args.output).is_file():  # the floor alone: keep the samples already scored
+        kept = json.loads(Path(args.output).read_text(encoding="utf-8"))
+        report["bundled_samples_vs_mnist_test_stats"] = kept.get("bundled_samples_vs_mnist_test_stats", {})
+        report["samples_command"] = kept.get("samples_command", kept.get("command"))
+    words = lambda values: " ".join(map(str, values))
+    report["command"] = (f"python scripts/mnist/fid_floor.py --splits {args.splits} --sizes {words(args.sizes)} "
+                         f"--samples {args.samples} --steps {words(args.steps)} --seeds {words(args.seeds)}")
     print(json.dumps(report, indent=1, ensure_ascii=False))
     write_report(report, args.output)
     for steps in args.steps if args.samples else []:

@@ -106,13 +106,14 @@ def adopt(state, committed, n_images, ddpm_images, seed):
     return adopted
 
 
-def run_cell(state, name, n, build, pipe, batch_size, seed, client=None):
-    """Make the cell's missing images, add the time to its log, and compute its distance once complete."""
+def run_cell(state, name, n, build, pipe, batch_size, seed, client=None, anchor_n=None):
+    """Make the cell's missing images, add the time to its log, and compute its distance once complete;
+    with anchor_n < n, also the distance of its first anchor_n images (the DDPM anchor's sample size)."""
     folder, timing_path, result_path = state / "cells" / name, state / "timing" / f"{name}.json", \
         state / "results" / f"{name}.json"
     result = read(result_path)
     if result is not None and result["n"] == n:
-        return result
+        return with_anchor_distance(result, folder, anchor_n, result_path)
     pipeline, call = build(pipe)
     made = td.sample_to_folder(folder, n, pipeline=pipeline, seed=seed, batch_size=batch_size, client=client, **call)
     timing = read(timing_path, {"seconds": 0.0, "images": 0, "threads": []})
@@ -124,9 +125,22 @@ def run_cell(state, name, n, build, pipe, batch_size, seed, client=None):
         timing["threads"] = sorted(set(timing["threads"]) | {threads})
         write_json(timing_path, timing)
     mu, sigma = td.fid.folder_statistics(folder)
-    reference = td.fid.mnist_test_statistics()
-    result = {"n": n, "distance": td.frechet_distance(mu, sigma, *reference),
+    result = {"n": n, "distance": td.frechet_distance(mu, sigma, *td.fid.mnist_test_statistics()),
               "seconds_per_image": timing["seconds"] / max(timing["images"], 1), "threads": timing["threads"]}
+    write_json(result_path, result)
+    return with_anchor_distance(result, folder, anchor_n, result_path)
+
+
+def with_anchor_distance(result, folder, anchor_n, result_path):
+    """The result with `distance_at_anchor_n`: the distance of images 0 … anchor_n − 1 alone (d² falls with n,
+    so a cell compares with the DDPM anchor at the anchor's size); computed once, where the images exist."""
+    if anchor_n is None or anchor_n >= result["n"] or "distance_at_anchor_n" in result:
+        return result
+    if not folder.is_dir() or len(td.fid.png_files(folder)) < anchor_n:
+        return result  # adopted from a committed table, images not here: left out
+    mu, sigma = td.fid.folder_statistics(folder, limit=anchor_n)
+    result = {**result, "anchor_n": anchor_n,
+              "distance_at_anchor_n": td.frechet_distance(mu, sigma, *td.fid.mnist_test_statistics())}
     write_json(result_path, result)
     return result
 
@@ -156,24 +170,34 @@ def wall_times(results, plan, calibration):
     return results
 
 
-def table(results, plan, floor):
-    """The Markdown table: one row per sampler and spacing, one column per S."""
-    lines = []
+def grid(results, plan, key="distance"):
+    """Markdown table lines of results[cell][key]: one row per sampler and spacing, one column per S."""
     steps = sorted({info["S"] for _, info, _, _ in plan if info["S"] != 1000})
-    lines.append("| spacing | sampler | " + " | ".join(f"S = {S}" for S in steps) + " |")
-    lines.append("| --- | --- | " + " | ".join("---" for _ in steps) + " |")
+    lines = ["| spacing | sampler | " + " | ".join(f"S = {S}" for S in steps) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in steps) + " |"]
     rows = {}
     for name, info, _, _ in plan:
         if info["S"] != 1000:
-            rows.setdefault((info["spacing"], info["row"]), {})[info["S"]] = results.get(name)
+            rows.setdefault((info["spacing"], info["row"]), {})[info["S"]] = results.get(name, {}).get(key)
     for (spacing, row), by_S in rows.items():
         label = "σ̂" if row == "σ̂" else f"η = {float(row):g}"
-        cells_text = [f"{by_S[S]['distance']:.2f}" if by_S.get(S) else "–" for S in steps]
+        cells_text = [f"{by_S[S]:.2f}" if by_S.get(S) is not None else "–" for S in steps]
         lines.append(f"| {spacing} | {label} | " + " | ".join(cells_text) + " |")
+    return lines
+
+
+def table(results, plan, floor):
+    """The Markdown report: the grid, DDPM, the grid at DDPM's sample size, wall times, the metric's floor."""
+    lines = grid(results, plan)
     ddpm = results.get("ddpm-S1000")
     lines.append("")
     lines.append(f"DDPM over all 1,000 steps: {ddpm['distance']:.2f} ({ddpm['n']} images)" if ddpm
                  else "DDPM over all 1,000 steps: not computed yet")
+    anchored = {name: result for name, result in results.items() if "distance_at_anchor_n" in result}
+    if anchored:
+        anchor_n = next(iter(anchored.values()))["anchor_n"]
+        lines += ["", f"The same cells at DDPM's sample size (each cell's first {anchor_n:,} images; d² falls "
+                  f"with n, so compare DDPM with these):", ""] + grid(anchored, plan, "distance_at_anchor_n")
     seconds = {}  # S -> seconds per 1,000 images of a leading/trailing cell (every row at one S costs the same)
     for name, info, _, _ in plan:
         if name in results and info["spacing"] != "quadratic":
@@ -181,7 +205,7 @@ def table(results, plan, floor):
     if seconds:
         lines.append("")
         lines.append("Sampling time per 1,000 images: " + "; ".join(
-            f"S = {S}: {t:,.0f} s" + (f" ({seconds[1000] / t:.0f}x less than DDPM)" if 1000 in seconds and S != 1000
+            f"S = {S}: {t:,.0f} s" + (f" ({seconds[1000] / t:.0f}x faster than DDPM)" if 1000 in seconds and S != 1000
                                       else "") for S, t in sorted(seconds.items())) + ".")
     if floor:
         lines.append("")
@@ -279,10 +303,11 @@ def main():
         if args.report_only:
             found = read(state / "results" / f"{name}.json")
             if found is not None and found["n"] == n:
-                results[name] = found
+                results[name] = with_anchor_distance(found, state / "cells" / name, args.ddpm_images,
+                                                     state / "results" / f"{name}.json")
             continue
         start = time.perf_counter()
-        results[name] = run_cell(state, name, n, build, pipe, args.batch_size, args.seed, client)
+        results[name] = run_cell(state, name, n, build, pipe, args.batch_size, args.seed, client, args.ddpm_images)
         print(f"{name}: distance {results[name]['distance']:.3f} over {n} images "
               f"({time.perf_counter() - start:.0f} s this run)", flush=True)
 
