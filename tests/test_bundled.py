@@ -21,6 +21,15 @@ def test_bundled_model_ships_inside_the_package_with_its_model_card():
     assert isinstance(pipe.scheduler, tinyddim.DDIMScheduler)
 
 
+def test_the_bundled_sampler_uses_the_spacing_table1_chose_and_says_so_in_its_card():
+    pipe = tinyddim.default_pipeline()
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    pipe.scheduler.set_timesteps(10)
+    assert pipe.scheduler.timesteps.tolist() == list(range(999, 0, -100))  # 999, 899, …, 99
+    card = (Path(BUNDLED_MODEL).parent / "README.md").read_text(encoding="utf-8")
+    assert 'timestep_spacing = "trailing"' in card and "docs/table1.md" in card
+
+
 def test_few_step_sample_with_a_fixed_seed_matches_the_stored_fixture():
     stored = np.load(FIXTURE)
     images = tinyddim.sample(batch_size=len(stored["images"]), num_inference_steps=int(stored["steps"]),
@@ -43,6 +52,6 @@ def test_sample_over_quadratic_timesteps_is_the_bundled_pipeline_over_them():
     pipe = tinyddim.default_pipeline()
     expected = pipe(batch_size=2, generator=0, timesteps=timesteps, output_type="np", progress=False).images
     assert np.array_equal(images, expected) and trajectory.timesteps.tolist() == timesteps.tolist()
-    leading = tinyddim.sample(batch_size=2, generator=0, num_inference_steps=10, output_type="np", progress=False)
-    assert not np.array_equal(images, leading)
+    spaced = tinyddim.sample(batch_size=2, generator=0, num_inference_steps=10, output_type="np", progress=False)
+    assert not np.array_equal(images, spaced)
 
