@@ -196,3 +196,13 @@ def test_explore_helpers_pass_custom_timesteps_through(mnist_pipe):
     np.testing.assert_array_equal(table[("σ̂", 4)], ddpm(batch_size=2, latents=latents, generator=1,
                                                          timesteps=timesteps, output_type="np",
                                                          progress=False).images)
+
+
+def test_reconstruction_error_over_another_spacing_is_that_of_a_pipeline_configured_with_it():
+    pipe = gaussian_pipe()
+    images = np.random.default_rng(1).uniform(0.2, 0.8, (2, 8, 8, 1)).astype(np.float32)
+    trailing = DDIMPipeline(pipe.unet, DDIMScheduler.from_config({**pipe.scheduler.config,
+                                                                   "timestep_spacing": "trailing"}))
+    expected = reconstruction_error(trailing, images, steps=(7,))
+    assert reconstruction_error(pipe, images, steps=(7,), timestep_spacing="trailing") == expected
+    assert reconstruction_error(pipe, images, steps=(7,)) != expected  # the config's own (leading) differs

@@ -82,15 +82,20 @@ def eta_sweep(pipe, score, etas=(0.0, 0.5, 1.0), steps=(10, 20, 50, 100), batch_
 
 
 def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=False, per_image=False,
-                         timesteps_for=None):
+                         timesteps_for=None, timestep_spacing=None):
     """{S: per-pixel RMSE on a [0, 1] scale} of images encoded by DDIM inversion and decoded.   (Table 2)
 
     The decoder is `pipe`'s DDIM with η = 0 and, by default, without clipping x̂_0: the round trip is
     the ODE of Eq. 14 both ways, and clipping (diffusers' default `clip_sample=True`) is not part of it:
     a clipped decoder is a different map from the one inversion runs backwards (it can lower the error, by
     clamping a flat background to black, or raise it). per_image=True gives {S: (B,) RMSE of each image}.
+    `timestep_spacing` replaces the config's for both ways (an ending at t = T − 1, as trailing spacing
+    has, is ill-conditioned where ᾱ_{T−1} ≈ 0: decoding divides the encoder's ε error by √ᾱ_{T−1}).
     """
-    decoder = DDIMPipeline(pipe.unet, DDIMScheduler.from_config({**pipe.scheduler.config, "clip_sample": clip_sample}))
+    config = dict(pipe.scheduler.config, **({} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}))
+    if timestep_spacing is not None:
+        pipe = DDIMPipeline(pipe.unet, DDIMScheduler.from_config(config))
+    decoder = DDIMPipeline(pipe.unet, DDIMScheduler.from_config({**config, "clip_sample": clip_sample}))
     target = ((as_x0(images) + 1) / 2).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C), in [0, 1]
     errors = {}
     for S in steps:
