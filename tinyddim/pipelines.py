@@ -163,7 +163,9 @@ class DDIMPipeline(_Pipeline):
         `images`: a list of PIL images, or floats (B, H, W, C) in [0, 1], as the pipeline returns them.
         `timesteps`: a custom list (decode with the same one); `num_inference_steps` is then ignored.
         The round trip is closest when decoding without clipping x̂_0 (a scheduler with clip_sample=False),
-        since inversion does not clip; see `explore.reconstruction_error`.
+        since inversion does not clip; see `explore.reconstruction_error`. Avoid a last step at t = T − 1
+        where ᾱ ≈ 0 (trailing spacing with the bundled cosine schedule: √ᾱ_999 ≈ 5e-5): decoding divides the
+        encoder's ε error by √ᾱ there; leading spacing round-trips (notebook 05).
         """
         check_call(num_inference_steps, "np", timesteps=timesteps)
         x0 = as_x0(images)
