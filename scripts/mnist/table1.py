@@ -231,9 +231,11 @@ def with_table(readme, text):
     return before + start + text + end + rest.split(end, 1)[1]
 
 
-def figure(results, plan, path):
-    """Distance against S (one line per sampler and spacing) and against wall time per 1,000 images."""
+def figure(results, plan, path, floor=None):
+    """Distance against S (one line per sampler and spacing) and against wall time per 1,000 images, with
+    DDPM's distance and the metric's floor at each sample size used (d² falls with n)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -243,21 +245,40 @@ def figure(results, plan, path):
     for name, info, _, _ in plan:
         if info["S"] != 1000 and name in results:
             series.setdefault((info["spacing"], info["row"]), []).append((info["S"], results[name]))
-    styles = {"leading": "-", "trailing": "--", "quadratic": ":"}
+    styles = {"leading": "-", "trailing": "--", "quadratic": ":"}  # the spacing: the line; the row: the colour
+    colours = {"0.0": "C0", "0.2": "C1", "0.5": "C2", "1.0": "C3", "σ̂": "C4", "0": "k"}
     for (spacing, row), points in series.items():
-        points.sort()
+        points.sort(key=lambda point: point[0])
         label = f"{spacing}, " + ("σ̂" if row == "σ̂" else f"η = {float(row):g}")
         S, distance = [p[0] for p in points], [p[1]["distance"] for p in points]
         seconds = [p[1]["seconds_per_image"] * 1000 for p in points]
-        line, = by_steps.plot(S, distance, styles[spacing], marker="o", label=label)
-        by_time.plot(seconds, distance, styles[spacing], marker="o", color=line.get_color())
+        style = dict(linestyle=styles[spacing], marker="o", color=colours.get(row, "C5"))
+        by_steps.plot(S, distance, label=label, **style)
+        by_time.plot(seconds, distance, **style)
     ddpm = results.get("ddpm-S1000")
     if ddpm:
-        by_steps.axhline(ddpm["distance"], color="k", lw=0.8, label="DDPM, 1,000 steps")
+        by_steps.axhline(ddpm["distance"], color="k", lw=0.8, label=f"DDPM, 1,000 steps ({ddpm['n']:,} images)")
         by_time.plot([ddpm["seconds_per_image"] * 1000], [ddpm["distance"]], "k*", ms=10)
+    sizes = {result["n"] for result in results.values()}
+    for n, stats in (floor or {}).items():
+        if int(n) in sizes:
+            for ax in (by_steps, by_time):
+                ax.axhline(stats["mean"], color="0.6", lw=0.8, ls="-.", label=f"floor at {int(n):,} images"
+                           if ax is by_steps else None)
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     for ax in (by_steps, by_time):
         ax.set_xscale("log")
+        ax.set_yscale("log")  # the rows span a factor of 10 at S = 10
         ax.set_ylabel("Fréchet distance to MNIST test digits ↓")
+        low, high = ax.get_ylim()
+        ax.set_yticks([v for v in (1, 2, 3, 5, 10, 20, 40, 100) if low <= v <= high])
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    by_time.xaxis.set_major_formatter(plain)
+    by_time.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    steps = sorted({info["S"] for _, info, _, _ in plan if info["S"] != 1000})
+    by_steps.set_xticks(steps, [str(S) for S in steps])
+    by_steps.minorticks_off()
     by_steps.set_xlabel("steps S")
     by_time.set_xlabel("sampling seconds per 1,000 images")
     by_steps.legend(fontsize=7, ncol=2)
@@ -336,7 +357,7 @@ def main():
                         "numpy": np.__version__}})
         write_atomic(args.out + ".md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         if done:
-            figure(done, plan, Path(args.out + ".png"))
+            figure(done, plan, Path(args.out + ".png"), floor)
         if args.readme:
             write_atomic(args.readme, lambda tmp: Path(tmp).write_text(
                 with_table(Path(args.readme).read_text(encoding="utf-8"), text), encoding="utf-8"))
