@@ -92,8 +92,9 @@ def reconstruction_error(pipe, images, steps=(10, 20, 50, 100), clip_sample=Fals
     `timestep_spacing` replaces the config's for both ways (an ending at t = T − 1, as trailing spacing
     has, is ill-conditioned where ᾱ_{T−1} ≈ 0: decoding divides the encoder's ε error by √ᾱ_{T−1}).
     """
-    config = dict(pipe.scheduler.config, **({} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}))
-    if timestep_spacing is not None:
+    config = dict(pipe.scheduler.config)
+    if timestep_spacing is not None:  # for the encoder (pipe.invert) and the decoder alike
+        config["timestep_spacing"] = timestep_spacing
         pipe = DDIMPipeline(pipe.unet, DDIMScheduler.from_config(config))
     decoder = DDIMPipeline(pipe.unet, DDIMScheduler.from_config({**config, "clip_sample": clip_sample}))
     target = ((as_x0(images) + 1) / 2).transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C), in [0, 1]
