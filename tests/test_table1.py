@@ -102,14 +102,16 @@ def test_a_lost_state_adopts_the_committed_cells_and_refuses_another_run_s(tmp_p
 
     script = load_script()
     committed = tmp_path / "table1.json"
-    cell = {"name": "leading-S10-eta0", "n": 8, "distance": 3.5, "seconds_per_image": 0.1, "threads": [2]}
+    cell = {"name": "leading-S10-eta0", "n": 8, "distance": 3.5, "seconds_per_image": 0.1, "threads": [2],
+            "anchor_n": 4, "distance_at_anchor_n": 5.5}
     calibration = {"seconds_per_image_step": 0.005, "min": 0.004, "max": 0.006}
     committed.write_text(json.dumps({"cells": [cell], "seed": 0, "n_images": 8, "ddpm_images": 4,
                                      "wall_time": calibration}))
     state = tmp_path / "state"
     (state / "results").mkdir(parents=True)
     assert script.adopt(state, committed, 8, 4, 0) == ["leading-S10-eta0"]
-    assert json.loads((state / "results" / "leading-S10-eta0.json").read_text())["distance"] == 3.5
+    adopted = json.loads((state / "results" / "leading-S10-eta0.json").read_text())
+    assert (adopted["distance"], adopted["distance_at_anchor_n"]) == (3.5, 5.5)  # the images are gone: keep both
     assert json.loads((state / "calibration.json").read_text()) == calibration
     assert script.adopt(state, committed, 8, 4, 0) == []  # a cell in the state is not overwritten
     with pytest.raises(SystemExit, match="another seed or image count"):

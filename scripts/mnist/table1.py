@@ -95,6 +95,9 @@ def write_json(path, value):
     write_atomic(str(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+RESULT_KEYS = ("n", "distance", "seconds_per_image", "threads", "anchor_n", "distance_at_anchor_n")  # a cell's
+
+
 def adopt(state, committed, n_images, ddpm_images, seed):
     """Write the committed JSON's finished cells into STATE/results (where missing); their names, in order."""
     found = read(Path(committed), {})
@@ -104,7 +107,7 @@ def adopt(state, committed, n_images, ddpm_images, seed):
     for cell in found.get("cells", []):
         path = state / "results" / f"{cell['name']}.json"
         if not path.is_file():
-            write_json(path, {key: cell[key] for key in ("n", "distance", "seconds_per_image", "threads")})
+            write_json(path, {key: cell[key] for key in RESULT_KEYS if key in cell})
             adopted.append(cell["name"])
     if isinstance(found.get("wall_time"), dict) and not (state / "calibration.json").is_file():
         write_json(state / "calibration.json", found["wall_time"])  # until --calibrate measures this machine
