@@ -7,6 +7,11 @@ Records every conv2d call of one forward of the bundled model (input shape, kern
 then times each distinct call in both frameworks, interleaved round by round, and prints the median
 milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward (each shape times the
 number of calls). It shows where the forward's conv time goes and how far each shape is from torch's.
+
+The column "products" times the matrix products of tinyddim's path alone (for Winograd the 16 products
+(O, C) @ (C, tiles), for im2col the one (O, C·kh·kw) @ (C·kh·kw, B·H'W')), on arrays of their shapes: the
+part of the conv that BLAS does. Their total is a floor for the conv time that no faster NumPy transform or
+copy can go below.
 Needs `pip install -e ".[test]"` (torch).
 """
 
@@ -47,6 +52,31 @@ def torch_padding(padding):
     return (padding, None) if isinstance(padding, int) else (0, (padding[2], padding[3], padding[0], padding[1]))
 
 
+def products_alone(x_shape, w_shape, stride, padding, rng):
+    """A callable running only the matrix products of tinyddim's conv2d path for this call."""
+    import numpy as np
+
+    from tinyddim import fastops
+
+    batch, channels, height, width = x_shape
+    out_channels, _, kh, kw = w_shape
+    random = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    x, weight = np.empty(x_shape, np.float32), np.empty(w_shape, np.float32)
+    if fastops._winograd_applies(x, weight, stride, padding):
+        grids = max(w_shape[:2]) <= fastops.WINOGRAD_GRIDS  # the parity-grid path has one spare tile per row
+        kernel, tiles = random(16, out_channels, channels), random(16, channels,
+                                                                   batch * height // 2 * (width // 2 + grids))
+        return lambda: kernel @ tiles  # (16, O, C) @ (16, C, tiles)
+    if kh == kw == 1 and stride == 1:
+        kernel, columns = random(out_channels, channels), random(batch, channels, height * width)
+        return lambda: kernel @ columns  # (O, C) @ (B, C, HW)
+    top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
+    out_h = (height + top + bottom - kh) // stride + 1
+    out_w = (width + left + right - kw) // stride + 1
+    kernel, columns = random(out_channels, channels * kh * kw), random(channels * kh * kw, batch * out_h * out_w)
+    return lambda: kernel @ columns  # (O, C·kh·kw) @ (C·kh·kw, B·H'W')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -79,7 +109,8 @@ def main():
             with torch.no_grad():
                 return torch.nn.functional.conv2d(inputs, w_torch, stride=stride, padding=pad)
 
-        runs = {"tinyddim": lambda: td.nn.conv2d(x, weight, None, stride, padding), "torch": theirs}
+        runs = {"tinyddim": lambda: td.nn.conv2d(x, weight, None, stride, padding), "torch": theirs,
+                "products": products_alone(x_shape, w_shape, stride, padding, rng)}
         times = {name: [] for name in runs}
         for fn in runs.values():
             fn()
@@ -91,14 +122,18 @@ def main():
         ours, torch_ms = np.median(times["tinyddim"]), np.median(times["torch"])
         out_pixels = (x_shape[2] // stride) * (x_shape[3] // stride)
         gflop = 2 * args.batch * out_pixels * np.prod(w_shape) / 1e9
+        products = np.median(times["products"])
         total["tinyddim"] += count * ours
         total["torch"] += count * torch_ms
+        total["products"] += count * products
         print(f"  {count:2d} x {x_shape!s:18} {w_shape[1]:3d}->{w_shape[0]:3d} k{w_shape[2]} s{stride}: "
               f"tinyddim {ours:6.2f} ({min(times['tinyddim']):.2f}–{max(times['tinyddim']):.2f}), "
               f"torch {torch_ms:6.2f} ({min(times['torch']):.2f}–{max(times['torch']):.2f}), "
-              f"ratio {ours / torch_ms:4.2f}, torch {gflop / torch_ms * 1e3:4.0f} GFLOP/s")
+              f"ratio {ours / torch_ms:4.2f}, torch {gflop / torch_ms * 1e3:4.0f} GFLOP/s, "
+              f"products {products:5.2f} ({products / torch_ms:4.2f} of torch)")
     print(f"all convs of one forward: tinyddim {total['tinyddim']:.1f} ms, torch {total['torch']:.1f} ms, "
-          f"ratio {total['tinyddim'] / total['torch']:.2f}")
+          f"ratio {total['tinyddim'] / total['torch']:.2f}; tinyddim's matrix products alone "
+          f"{total['products']:.1f} ms ({total['products'] / total['torch']:.2f} of torch's whole convs)")
 
 
 if __name__ == "__main__":
