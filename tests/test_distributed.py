@@ -60,15 +60,16 @@ def test_two_dask_workers_write_the_same_folder_as_one_process(client, pipe, ref
     assert (again.written, again.skipped) == (0, N)
 
 
-def test_a_worker_killed_during_the_run_loses_nothing(client, pipe, reference, tmp_path):
-    out = tmp_path / "killed"
-    pids = list(client.run(os.getpid).values())
+def run_and_kill(client, pipe, out, which):
+    """sample_to_folder in a thread; once its first PNG is there, SIGKILL the workers `which` picks from the
+    worker pids. Returns (outcome, PNGs at the kill)."""
+    pids = which(list(client.run(os.getpid).values()))
     outcome = {}
 
     def run():
         try:
             outcome["result"] = td.sample_to_folder(out, N, pipeline=pipe, client=client, **RUN)
-        except BaseException as err:  # noqa: BLE001  (reported by the assertion below)
+        except BaseException as err:  # noqa: BLE001  (reported by the assertions of the tests)
             outcome["error"] = err
 
     thread = threading.Thread(target=run, daemon=True)
@@ -77,13 +78,24 @@ def test_a_worker_killed_during_the_run_loses_nothing(client, pipe, reference, t
     while time.monotonic() < deadline and not (out.is_dir() and any(n.endswith(".png") for n in os.listdir(out))):
         time.sleep(0.002)
     at_kill = sum(name.endswith(".png") for name in os.listdir(out))
-    os.kill(pids[0], signal.SIGKILL)
-    thread.join(120)
-    assert not thread.is_alive(), "the run did not finish after a worker was killed"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(180)
+    assert not thread.is_alive(), "the run did not finish after the workers were killed"
+    return outcome, at_kill
+
+
+@pytest.mark.parametrize("which", [lambda pids: pids[:1], lambda pids: pids], ids=["one worker", "every worker"])
+def test_workers_killed_during_the_run_lose_nothing(client, pipe, reference, tmp_path, which):
+    # killing every worker loses every copy of the scattered pipeline: run_chunks sends it again to the
+    # workers the nannies restart, and resubmits the chunks not finished
+    out = tmp_path / "killed"
+    outcome, at_kill = run_and_kill(client, pipe, out, which)
     assert "error" not in outcome, outcome.get("error")
-    assert 1 <= at_kill < N, "the worker must be killed mid-run"
+    assert 1 <= at_kill < N, "the workers must be killed mid-run"
     assert outcome["result"].in_folder == N and same_pngs(reference, out)
     assert all(name.endswith(".png") or name == "manifest.json" or name.startswith(".tmp-") for name in os.listdir(out))
+    client.wait_for_workers(2, timeout=60)  # the next test gets both workers back
 
 
 def test_cli_dask_local_cluster_makes_the_same_images(reference, tmp_path, capsys):

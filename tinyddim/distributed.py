@@ -9,7 +9,9 @@ so each worker loads the model once; a task is (job, image indices) and writes i
 folder, which all workers must see (a shared file system on a cluster). A task returns only the number of
 files it wrote: no image travels through the scheduler. A worker killed mid-task loses nothing: Dask runs
 the task again on another worker, and since PNGs are renamed into place whole, the rerun finds those its
-first try finished and makes only the rest.
+first try finished and makes only the rest. If every worker holding the pipeline is gone at once (all
+killed, or all dropped by the scheduler for missing their heartbeats, as when the machine was suspended),
+`run_chunks` sends the pipeline again and resubmits the unfinished chunks.
 
 Worker memory settings. Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (its
 `distributed.nanny.pre-spawn-environ`, so that freed memory goes back to the OS). Setting that variable
@@ -25,6 +27,7 @@ Dask is imported only inside these functions; the rest of tinyddim does not need
 
 import logging
 import os
+from concurrent.futures import CancelledError
 
 EXTRA = "pip install 'tinyddim[dask]'"
 TRIM = "MALLOC_TRIM_THRESHOLD_"
@@ -72,21 +75,47 @@ def local_cluster(n_workers, **kwargs):
                                         dashboard_address=":0", silence_logs=logging.ERROR, **kwargs)
 
 
-def run_chunks(client, pipe, job, chunks, done):
+def run_chunks(client, pipe, job, chunks, done, attempts=3, wait_for_workers=120):
     """Make every chunk of image indices as one task on `client`'s workers; done(len(chunk), written)
-    runs as each finishes. A task's error is raised here, and the tasks not yet run are cancelled."""
+    runs as each finishes. A task's error is raised here, and the tasks not yet run are cancelled.
+
+    If the cluster loses the pipeline (every worker holding it died or was dropped by the scheduler, e.g.
+    after missing its heartbeats), the pipeline is sent again, to the workers there are then, and the
+    unfinished chunks are submitted again: up to `attempts` losses in a row with no chunk finished between
+    them. Chunks that had written their PNGs find them in the folder and make nothing twice."""
     distributed = import_distributed()
     device = pipe.unet.device
     host = pipe if device == "cpu" else pipe.to("cpu")     # sent as NumPy; each worker moves it once
-    [shared] = client.scatter([host], broadcast=True)
+    pending, losses, lost = dict(enumerate(chunks)), 0, False
+    while pending:
+        if lost:  # the workers that replace the lost ones (a nanny restarts its worker) may take a while
+            client.wait_for_workers(1, timeout=wait_for_workers)
+        before = len(pending)
+        lost = _run_round(client, distributed, host, device, job, pending, done)
+        losses = losses + 1 if lost and len(pending) == before else 0
+        if losses >= attempts:
+            raise RuntimeError(f"the Dask cluster lost the pipeline {losses} times in a row before any chunk of "
+                               f"images finished; {len(pending)} chunks are not made (the folder keeps the rest)")
+
+
+def _run_round(client, distributed, host, device, job, pending, done):
+    """Submit the `pending` chunks ({number: indices}) and wait for them, deleting each from `pending` as
+    it finishes; True when the round ended because the cluster lost the pipeline (the tasks were
+    cancelled), False when every chunk finished."""
+    [shared] = client.scatter([host], broadcast=True, hash=False)  # a new key each round
     # dealt round-robin over the workers (every worker holds the pipeline, so the scheduler may otherwise
     # queue them all on one); allow_other_workers lets a dead worker's tasks run elsewhere
     workers = sorted(client.scheduler_info()["workers"])
     futures = {client.submit(_task, shared, job, chunk, device, pure=False, workers=[workers[i % len(workers)]],
-                             allow_other_workers=True): len(chunk) for i, chunk in enumerate(chunks)}
+                             allow_other_workers=True): number for i, (number, chunk) in enumerate(pending.items())}
     try:
         for future in distributed.as_completed(futures):
-            done(futures[future], future.result())
+            try:
+                written = future.result()
+            except CancelledError:  # its input, the pipeline, is gone from the cluster
+                return True
+            done(len(pending.pop(futures[future])), written)
+        return False
     finally:
         client.cancel(list(futures) + [shared])
 
