@@ -1,9 +1,10 @@
-"""The bundled model's convolutions one by one: tinyddim's conv2d against torch's, shape by shape.
+"""A model's convolutions one by one: tinyddim's conv2d against torch's, shape by shape.
 
     python benchmarks/conv_speed.py --threads 1
     python benchmarks/conv_speed.py --batch 64 --threads 2 --rounds 7
+    python benchmarks/conv_speed.py --arch cifar10 --batch 8
 
-Records every conv2d call of one forward of the bundled model (input shape, kernel, stride, padding),
+Records every conv2d call of one forward of the model (the bundled one by default; input shape, kernel, stride, padding),
 then times each distinct call in both frameworks, interleaved round by round, and prints the median
 milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward (each shape times the
 number of calls). It shows where the forward's conv time goes and how far each shape is from torch's.
@@ -25,8 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def recorded_convs(pipe, batch):
-    """{(x shape, weight shape, stride, padding): number of calls} over one forward at this batch size."""
+def recorded_convs(model, batch):
+    """{(x shape, weight shape, stride, padding): number of calls} over one forward of a tinyddim
+    UNet2DModel at this batch size."""
     import numpy as np
 
     from tinyddim import unet
@@ -39,9 +41,7 @@ def recorded_convs(pipe, batch):
 
     unet.conv2d = record
     try:
-        config = pipe.unet.config
-        shape = (batch, config["in_channels"], config["sample_size"], config["sample_size"])
-        pipe.unet(np.zeros(shape, np.float32), np.full(batch, 500))
+        model(np.zeros((batch,) + model.sample_shape, np.float32), np.full(batch, 500))
     finally:
         unet.conv2d = conv2d
     return calls
@@ -79,12 +79,13 @@ def products_alone(x_shape, w_shape, stride, padding, rng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="bundled", choices=("bundled", "cifar10", "ddpm-256"))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from unet_speed import machine_section, set_threads
+    from unet_speed import machine_section, models, set_threads
 
     set_threads(args.threads)  # before NumPy and torch load
     import numpy as np
@@ -93,12 +94,12 @@ def main():
     import tinyddim as td
 
     machine_section(args)
-    pipe = td.default_pipeline()
+    unet = td.default_pipeline().unet if args.arch == "bundled" else models(args.arch)[1]
     rng = np.random.default_rng(0)
     total = collections.Counter()
-    print(f"bundled model, batch {args.batch}, {args.threads} threads; ms per call, median (min–max) over "
+    print(f"{args.arch}, batch {args.batch}, {args.threads} threads; ms per call, median (min–max) over "
           f"{args.rounds} rounds")
-    for (x_shape, w_shape, stride, padding), count in sorted(recorded_convs(pipe, args.batch).items()):
+    for (x_shape, w_shape, stride, padding), count in sorted(recorded_convs(unet, args.batch).items()):
         x = rng.standard_normal(x_shape).astype(np.float32)
         weight = (rng.standard_normal(w_shape) * 0.1).astype(np.float32)
         x_torch, w_torch = torch.from_numpy(x), torch.from_numpy(weight)
