@@ -4,9 +4,9 @@
     python benchmarks/conv_speed.py --batch 64 --threads 2 --rounds 7
     python benchmarks/conv_speed.py --arch cifar10 --batch 8
 
-Records every conv2d call of one forward of the model (the bundled one by default; input shape, kernel, stride, padding),
-then times each distinct call in both frameworks, interleaved round by round, and prints the median
-milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward (each shape times the
+Records every conv2d call of one forward of the model (the bundled one by default): input shape, kernel,
+stride, padding. It then times each distinct call in both frameworks, interleaved round by round, and
+prints the median milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward (each shape times the
 number of calls). It shows where the forward's conv time goes and how far each shape is from torch's.
 
 The column "products" times the matrix products of tinyddim's path alone (for Winograd the 16 products
