@@ -6,8 +6,9 @@
 
 Records every conv2d call of one forward of the model (the bundled one by default): input shape, kernel,
 stride, padding. It then times each distinct call in both frameworks, interleaved round by round, and
-prints the median milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward (each shape times the
-number of calls). It shows where the forward's conv time goes and how far each shape is from torch's.
+prints the median milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward
+(each shape times the number of calls). It shows where the forward's conv time goes and how far each shape
+is from torch's.
 
 The column "products" times the matrix products of tinyddim's path alone (for Winograd the 16 products
 (O, C) @ (C, tiles), for im2col the one (O, C·kh·kw) @ (C·kh·kw, B·H'W')), on arrays of their shapes: the
