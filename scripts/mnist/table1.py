@@ -95,7 +95,8 @@ def write_json(path, value):
     write_atomic(str(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-RESULT_KEYS = ("n", "distance", "seconds_per_image", "threads", "anchor_n", "distance_at_anchor_n")  # a cell's
+# the keys of a cell's result file, as run_cell and with_anchor_distance write it
+RESULT_KEYS = ("n", "distance", "seconds_per_image", "threads", "anchor_n", "distance_at_anchor_n")
 
 
 def adopt(state, committed, n_images, ddpm_images, seed):
