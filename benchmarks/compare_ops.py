@@ -20,8 +20,8 @@ OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_nearest"
 
 
 def load_base_ops(revision):
-    """tinyddim/nn.py (and its tinyddim/fastops.py, where the revision has one) at `revision`, imported as
-    modules of their own."""
+    """tinyddim/nn.py (and its speed-ups, tinyddim/fastops.py and fastattn.py, where the revision has them) at
+    `revision`, imported as modules of their own."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def load(name, source):  # its other imports are the working tree's
@@ -38,12 +38,12 @@ def load_base_ops(revision):
         done = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, capture_output=True, text=True)
         return done.stdout if done.returncode == 0 else None
 
-    fastops = show("tinyddim/fastops.py")
-    source = show("tinyddim/nn.py")
-    if fastops is not None:
-        load("base_fastops", fastops)
-        source = source.replace("from . import fastops", "import base_fastops as fastops")
-    return load("base_nn", source)
+    base_nn = load("base_nn", show("tinyddim/nn.py"))
+    for name in ("fastops", "fastattn"):  # its speed-ups, where the revision has them: nn looks them up per call
+        source = show(f"tinyddim/{name}.py")
+        if source is not None and hasattr(base_nn, name):
+            setattr(base_nn, name, load(f"base_{name}", source))
+    return base_nn
 
 
 def main():

@@ -199,6 +199,16 @@ def test_both_winograd_transforms_match_the_plain_product_for_any_block_size(gri
     np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
 
 
+@pytest.mark.parametrize("top,bottom", [(-1, 9), (-1, 3), (3, 9), (1, 7)])
+def test_parity_grids_split_the_zero_padded_rows_by_parity(top, bottom):
+    x = randn(2, 3, 8, 6)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, top + 1 : bottom + 1]  # rows top..bottom−1
+    par = fastops._parity_grids(x, top, bottom)
+    for p in range(2):
+        for q in range(2):
+            np.testing.assert_array_equal(par[p, q], padded[:, :, p::2, q::2].transpose(1, 0, 2, 3))
+
+
 def test_winograd_covers_small_images_only_with_few_channels():
     assert fastops._winograd_applies(randn(1, 64, 4, 4), randn(64, 64, 3, 3), 1, 1)  # the bundled model's 4x4
     assert fastops._winograd_applies(randn(1, 128, 8, 8), randn(64, 128, 3, 3), 1, 1)

@@ -10,7 +10,8 @@
                         kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
                         output block instead of 36 (the bulk of the UNet's FLOPs); up to 128 channels its
-                        transforms run on whole parity grids (long passes), down to 4x4 images
+                        transforms run on whole parity grids (long passes), down to 4x4 images, and
+                        those grids are cut straight from x, padding included (no padded copy)
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
     group_norm          large images only: its formula on chunks of whole groups, shared out over the threads
 
@@ -241,11 +242,12 @@ def conv3x3_winograd(x, weight, bias=None):
 
     def block(images_rows):
         images, rows = images_rows
-        padded = _padded_rows(x[images], 2 * rows.start - 1, 2 * rows.stop + 1)  # (n, C, 2t+2, 2s+2)
+        top, bottom = 2 * rows.start - 1, 2 * rows.stop + 1  # the block's rows, with a halo of one
         out = y[images, :, 2 * rows.start : 2 * rows.stop]  # (n, O, 2t, 2s) view
         if grids:
-            return _winograd_block(padded, kernel, out)
-        n, count = images.stop - images.start, rows.stop - rows.start  # many channels: tile by tile
+            return _winograd_block(_parity_grids(x[images], top, bottom), kernel, out)
+        padded = _padded_rows(x[images], top, bottom)  # (n, C, 2t+2, 2s+2); many channels: tile by tile
+        n, count = images.stop - images.start, rows.stop - rows.start
         tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
         _input_transform(padded, tiles)
         products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
@@ -270,30 +272,46 @@ def _padded_rows(x, top, bottom):
     return out
 
 
-def _winograd_block(x, kernel, out):
-    """out (n, O, 2t, 2s) = the 3x3 conv of a padded block x (n, C, 2t+2, 2s+2), by Winograd F(2x2, 3x3).
+def _parity_grids(x, top, bottom):
+    """Rows top..bottom−1 of x (n, C, H, W), zero-padded by one pixel on every side, split by the parity of
+    row and column: par[p, q][:, :, a, b] = padded[top + 2a + p, 2b + q − 1] (padded rows −1 and H, columns
+    −1 and W are zeros), as (2p, 2q, C, n, (bottom−top)/2, W/2+1). Made straight from x into zeros: one
+    strided copy per grid, no padded copy of x (rows of a few pixels make every extra pass costly)."""
+    n, channels, height, width = x.shape
+    grid_rows, s = (bottom - top) // 2, width // 2
+    par = np.zeros((2, 2, channels, n, grid_rows, s + 1), dtype=x.dtype)
+    for p in range(2):
+        start = top + p  # the row of x in grid row 0
+        first = min(grid_rows, max(0, (1 - start) // 2))  # grid rows first..stop−1 lie inside x
+        stop = max(first, min(grid_rows, (height - start + 1) // 2))
+        rows = slice(start + 2 * first, start + 2 * stop - 1, 2)
+        inside = par[p, :, :, :, first:stop]  # (2q, C, n, stop−first, s+1)
+        inside[0, :, :, :, 1:] = x[:, :, rows, 1::2].transpose(1, 0, 2, 3)  # odd columns: (n, C, ·, s) -> (C, n, ·, s)
+        inside[1, :, :, :, :s] = x[:, :, rows, 0::2].transpose(1, 0, 2, 3)  # even columns
+    return par
+
+
+def _winograd_block(par, kernel, out):
+    """out (n, O, 2t, 2s) = the 3x3 conv of a padded block x (n, C, 2t+2, 2s+2), by Winograd F(2x2, 3x3),
+    from x's parity grids par (2p, 2q, C, n, t+1, s+1) (`_parity_grids`).
 
     The 4x4 tile of output block (a, b) is x[2a : 2a+4, 2b : 2b+4]. Split by the parity of row and column,
     x becomes four grids par[p, q][a, b] = x[2a+p, 2b+q], and tile row i, column j is par[i%2, j%2] shifted
     by (i//2, j//2): every transform is then a sum of whole shifted grids, long contiguous NumPy passes. The
     column shift runs along each flattened grid, so each grid row gets one extra (unused) tile, b = s.
     """
-    n, channels, t, s = x.shape[0], x.shape[1], x.shape[2] // 2 - 1, x.shape[3] // 2 - 1
-    par = np.empty((2, 2, channels, n, t + 1, s + 1), dtype=x.dtype)
-    for p in range(2):
-        for q in range(2):
-            par[p, q] = x[:, :, p::2, q::2].transpose(1, 0, 2, 3)  # (n, C, t+1, s+1) -> (C, n, t+1, s+1)
+    channels, n, t, s = par.shape[2], par.shape[3], par.shape[4] - 1, par.shape[5] - 1
     even, odd = par[0, :, :, :, :t], par[1, :, :, :, :t]  # grid rows a of parity 0 and 1, (2q, C, n, t, s+1)
     below = par[0, :, :, :, 1:]  # parity-0 rows a + 1: tile row 2
     odd_below = par[1, :, :, :, 1:]  # parity-1 rows a + 1: tile row 3
-    rows = np.empty((4, 2, channels, n, t, s + 1), dtype=x.dtype)  # Bᵀ d: rows 0..3, for each column parity
+    rows = np.empty((4, 2, channels, n, t, s + 1), dtype=par.dtype)  # Bᵀ d: rows 0..3, for each column parity
     np.subtract(even, below, out=rows[0])  # d0 − d2
     np.add(odd, below, out=rows[1])  # d1 + d2
     np.subtract(below, odd, out=rows[2])  # d2 − d1
     np.subtract(odd, odd_below, out=rows[3])  # d1 − d3
     flat = rows.reshape(4, 2, -1)  # (4, 2q, C·n·t·(s+1)): column j of tile (a, b) is flat[:, j%2, f + j//2]
     size = flat.shape[-1]
-    tiles = np.empty((4, 4, size), dtype=x.dtype)  # (Bᵀ d) B
+    tiles = np.empty((4, 4, size), dtype=par.dtype)  # (Bᵀ d) B
     tiles[:, :, -1] = 0  # the last grid column: an unused tile
     np.subtract(flat[:, 0, :-1], flat[:, 0, 1:], out=tiles[:, 0, :-1])
     np.add(flat[:, 1, :-1], flat[:, 0, 1:], out=tiles[:, 1, :-1])
@@ -301,12 +319,12 @@ def _winograd_block(x, kernel, out):
     np.subtract(flat[:, 1, :-1], flat[:, 1, 1:], out=tiles[:, 3, :-1])
     m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·t·(s+1)) -> (16, O, n·t·(s+1))
     m = m.reshape(4, 4, -1)
-    sums = np.empty((2, 4, m.shape[-1]), dtype=x.dtype)  # Aᵀ m: rows 0, 1
+    sums = np.empty((2, 4, m.shape[-1]), dtype=par.dtype)  # Aᵀ m: rows 0, 1
     np.add(m[0], m[1], out=sums[0])
     sums[0] += m[2]
     np.subtract(m[1], m[2], out=sums[1])
     sums[1] -= m[3]
-    y = np.empty((2, 2, m.shape[-1]), dtype=x.dtype)  # (Aᵀ m) A: the 2x2 outputs, by parity
+    y = np.empty((2, 2, m.shape[-1]), dtype=par.dtype)  # (Aᵀ m) A: the 2x2 outputs, by parity
     np.add(sums[:, 0], sums[:, 1], out=y[:, 0])
     y[:, 0] += sums[:, 2]
     np.subtract(sums[:, 1], sums[:, 2], out=y[:, 1])
