@@ -64,9 +64,8 @@ def products_alone(x_shape, w_shape, stride, padding, rng):
     random = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     x, weight = np.empty(x_shape, np.float32), np.empty(w_shape, np.float32)
     if fastops._winograd_applies(x, weight, stride, padding):
-        grids = max(w_shape[:2]) <= fastops.WINOGRAD_GRIDS  # the parity-grid path has one spare tile per row
-        kernel, tiles = random(16, out_channels, channels), random(16, channels,
-                                                                   batch * height // 2 * (width // 2 + grids))
+        tile_count = batch * height // 2 * (width // 2 + 1)  # the parity grids have one spare tile per row
+        kernel, tiles = random(16, out_channels, channels), random(16, channels, tile_count)
         return lambda: kernel @ tiles  # (16, O, C) @ (16, C, tiles)
     if kh == kw == 1 and stride == 1:
         kernel, columns = random(out_channels, channels), random(batch, channels, height * width)

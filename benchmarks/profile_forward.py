@@ -49,8 +49,7 @@ def main():
 
     for name in ("conv2d", "group_norm", "silu", "attention", "linear", "upsample_nearest"):
         timed(unet_module, name, name)
-    for name, label in (("_im2col", "conv2d: im2col copies"), ("_input_transform", "conv2d: Winograd input"),
-                        ("_output_transform", "conv2d: Winograd output"), ("_padded_rows", "conv2d: Winograd padding"),
+    for name, label in (("_im2col", "conv2d: im2col copies"),
                         ("_parity_grids", "conv2d: Winograd parity grids (padding included)"),
                         ("_winograd_block", "conv2d: Winograd on parity grids (products included)")):
         timed(fastops, name, label)

@@ -9,9 +9,9 @@
     _conv_few_outputs   kh·kw·O ≤ C (conv_out to 1 or 3 channels): one product applies every tap, then
                         kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
-                        output block instead of 36 (the bulk of the UNet's FLOPs); up to 128 channels its
-                        transforms run on whole parity grids (long passes), down to 4x4 images, and
-                        those grids are cut straight from x, padding included (no padded copy)
+                        output block instead of 36 (the bulk of the UNet's FLOPs), down to 4x4 images;
+                        its transforms run on whole parity grids (long passes) cut straight from x,
+                        padding included (no padded copy)
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
     group_norm          large images only: its formula on chunks of whole groups, shared out over the threads
 
@@ -201,8 +201,7 @@ NORM_CHUNK = 1 << 18  # floats per chunk of group_norm (1 MiB)
 # the transforms Bᵀ·B and Aᵀ·A are additions of strided views.
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
-WINOGRAD_TILES = 128  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
-WINOGRAD_GRIDS = 128  # up to this many channels, the transforms run on whole parity grids (`_winograd_block`)
+WINOGRAD_TILES = 256  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
 _winograd_lock = threading.Lock()
 
@@ -210,12 +209,10 @@ _winograd_lock = threading.Lock()
 def _winograd_applies(x, weight, stride, padding):
     """3x3, stride 1, padding 1, even sides, 16 to 256x256 channels: each transformed kernel is kept, at 16/9
     of its weight's size, so the cache stays small; below 16 channels the transforms cost more than the
-    products they save. Sides of 16+ pixels (where the FLOPs are), or of 4+ with up to WINOGRAD_GRIDS
-    channels (the bundled model's 8x8 and 4x4 levels), where the whole-grid transforms beat im2col copies."""
+    products they save. Sides of 4+ pixels: down to the 4x4 level the whole-grid transforms beat im2col."""
     height, width = x.shape[2:]
-    smallest = 4 if max(weight.shape[:2]) <= WINOGRAD_GRIDS else 16
     return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
-        and min(height, width) >= smallest and min(weight.shape[:2]) >= 16 \
+        and min(height, width) >= 4 and min(weight.shape[:2]) >= 16 \
         and weight.shape[0] * weight.shape[1] <= 256 * 256
 
 
@@ -235,41 +232,19 @@ def winograd_kernel(weight):
 
 def conv3x3_winograd(x, weight, bias=None):
     """conv2d(x, weight, bias, padding=1) for 3x3 kernels and even H, W, by Winograd F(2x2, 3x3)."""
-    batch, channels, height, width = x.shape
+    batch, _, height, width = x.shape
     kernel = winograd_kernel(weight)  # (16, O, C)
     y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
-    grids = max(kernel.shape[1:]) <= WINOGRAD_GRIDS  # few channels: long passes over whole grids pay off
 
     def block(images_rows):
         images, rows = images_rows
-        top, bottom = 2 * rows.start - 1, 2 * rows.stop + 1  # the block's rows, with a halo of one
-        out = y[images, :, 2 * rows.start : 2 * rows.stop]  # (n, O, 2t, 2s) view
-        if grids:
-            return _winograd_block(_parity_grids(x[images], top, bottom), kernel, out)
-        padded = _padded_rows(x[images], top, bottom)  # (n, C, 2t+2, 2s+2); many channels: tile by tile
-        n, count = images.stop - images.start, rows.stop - rows.start
-        tiles = np.empty((4, 4, channels, n, count, width // 2), dtype=x.dtype)
-        _input_transform(padded, tiles)
-        products = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·tiles) -> (16, O, n·tiles)
-        _output_transform(products.reshape(4, 4, -1, n, count, width // 2), out.transpose(1, 0, 2, 3))
+        grids = _parity_grids(x[images], 2 * rows.start - 1, 2 * rows.stop + 1)  # the rows, with a halo of one
+        _winograd_block(grids, kernel, y[images, :, 2 * rows.start : 2 * rows.stop])  # into a (n, O, 2t, 2s) view
 
-    shared_out(block, _blocks(batch, height // 2, width // 2 + grids, WINOGRAD_TILES * (1 + grids)))
+    shared_out(block, _blocks(batch, height // 2, width // 2 + 1, WINOGRAD_TILES))  # a spare tile per grid row
     if bias is not None:
         y += bias[:, None, None]
     return y
-
-
-def _padded_rows(x, top, bottom):
-    """Rows top..bottom−1 of x (n, C, H, W) zero-padded by one pixel on every side, (n, C, bottom−top, W+2);
-    top = −1 and bottom = H + 1 are the padding rows. Padding block by block keeps no padded copy of x."""
-    n, channels, height, width = x.shape
-    out = np.empty((n, channels, bottom - top, width + 2), dtype=x.dtype)
-    first, last = max(top, 0), min(bottom, height)
-    out[:, :, first - top : last - top, 1:-1] = x[:, :, first:last]
-    out[:, :, :, 0] = out[:, :, :, -1] = 0
-    out[:, :, : first - top] = 0
-    out[:, :, last - top :] = 0
-    return out
 
 
 def _parity_grids(x, top, bottom):
@@ -333,35 +308,3 @@ def _winograd_block(par, kernel, out):
     for p in range(2):
         for q in range(2):
             out[:, :, p::2, q::2] = y[p, q, :, :, :, :s].transpose(1, 0, 2, 3)  # (O, n, t, s) -> (n, O, t, s)
-
-
-def _input_transform(x, out):
-    """out[a, b] = (Bᵀ d B)[a, b] for the 4x4 tiles d of x (n, C, 2t+2, 2s+2); out is (4, 4, C, n, t, s)."""
-    tile_rows, tile_cols = out.shape[-2:]
-    d = [x[:, :, i : i + 2 * tile_rows : 2] for i in range(4)]  # row i of every tile: (n, C, t, 2s+2)
-    rows = np.empty((4,) + d[0].shape, dtype=x.dtype)  # Bᵀ d, rows a = 0..3: (4, n, C, t, 2s+2)
-    np.subtract(d[0], d[2], out=rows[0])
-    np.add(d[1], d[2], out=rows[1])
-    np.subtract(d[2], d[1], out=rows[2])
-    np.subtract(d[1], d[3], out=rows[3])
-    c = [rows[..., j : j + 2 * tile_cols : 2] for j in range(4)]  # column j of every row: (4, n, C, t, s)
-    targets = out.transpose(1, 0, 3, 2, 4, 5)  # (4a, 4b, C, n, t, s) -> (4b, 4a, n, C, t, s) view
-    np.subtract(c[0], c[2], out=targets[0])  # (Bᵀ d) B, all four rows a at once
-    np.add(c[1], c[2], out=targets[1])
-    np.subtract(c[2], c[1], out=targets[2])
-    np.subtract(c[1], c[3], out=targets[3])
-
-
-def _output_transform(m, out):
-    """out (O, n, 2t, 2s) = Aᵀ m A over the 4x4 products m (4, 4, O, n, t, s) of every tile."""
-    sums = np.empty((2,) + m.shape[1:], dtype=m.dtype)  # Aᵀ m, rows p = 0, 1: (2, 4, O, n, t, s)
-    np.add(m[0], m[1], out=sums[0])
-    sums[0] += m[2]
-    np.subtract(m[1], m[2], out=sums[1])
-    sums[1] -= m[3]
-    for p, row in enumerate(sums):  # row: (4, O, n, t, s), one per column b
-        even, odd = out[:, :, p::2, 0::2], out[:, :, p::2, 1::2]  # (Aᵀ m) A
-        np.add(row[0], row[1], out=even)
-        even += row[2]
-        np.subtract(row[1], row[2], out=odd)
-        odd -= row[3]
