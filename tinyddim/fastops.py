@@ -209,10 +209,12 @@ _winograd_lock = threading.Lock()
 def _winograd_applies(x, weight, stride, padding):
     """3x3, stride 1, padding 1, even sides, 16 to 256x256 channels: each transformed kernel is kept, at 16/9
     of its weight's size, so the cache stays small; below 16 channels the transforms cost more than the
-    products they save. Sides of 4+ pixels: down to the 4x4 level the whole-grid transforms beat im2col."""
+    products they save. Sides of 16+ pixels (where the FLOPs are), or of 4+ with up to 128 channels (the
+    bundled model's 8x8 and 4x4 levels): wider convs on small images would cache large kernels for little."""
     height, width = x.shape[2:]
+    smallest = 4 if max(weight.shape[:2]) <= 128 else 16
     return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
-        and min(height, width) >= 4 and min(weight.shape[:2]) >= 16 \
+        and min(height, width) >= smallest and min(weight.shape[:2]) >= 16 \
         and weight.shape[0] * weight.shape[1] <= 256 * 256
 
 
