@@ -9,9 +9,9 @@
     _conv_few_outputs   kh·kw·O ≤ C (conv_out to 1 or 3 channels): one product applies every tap, then
                         kh·kw shifted adds (10x at batch 8 on the cifar10 layout, 5x at 256x256)
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
-                        output block instead of 36 (the bulk of the UNet's FLOPs), down to 4x4 images;
-                        its transforms run on whole parity grids (long passes) cut straight from x,
-                        padding included (no padded copy)
+                        output block instead of 36 (the bulk of the UNet's FLOPs), down to 4x4 images
+                        with up to 128 channels; its transforms run on whole parity grids (long passes)
+                        cut straight from x, padding included (no padded copy)
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
     group_norm          large images only: its formula on chunks of whole groups, shared out over the threads
 
