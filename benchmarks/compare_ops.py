@@ -59,7 +59,7 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import time
 
-    from unet_speed import forward_fns, median_times, models, set_threads
+    from unet_speed import forward_fns, models, round_times, set_threads, spread
 
     set_threads(args.threads)
     import numpy as np
@@ -83,11 +83,14 @@ def main():
     expected = run_torch()
     for label, module in (("base", base), ("work", work)):
         print(f"{label}: max |diff| to PyTorch {np.abs(with_ops(module)() - expected).max():.1e}")
-    t_torch, t_base, t_work = median_times([run_torch, with_ops(base), with_ops(work)], args.rounds, clock=clock)
+    times = round_times([run_torch, with_ops(base), with_ops(work)], args.rounds, clock=clock)
+    t_torch, t_base, t_work = (spread(bucket)["median"] for bucket in times)
+    paired = spread([w / b for b, w in zip(times[1], times[2])])  # each round's work / base: drifts cancel
     print(f"{args.arch} batch {args.batch}, {args.threads} threads, {args.clock} clock: PyTorch {t_torch * 1e3:.1f} ms, "
           f"base ({args.base}) {t_base * 1e3:.1f} ms ({t_base / t_torch:.3f}), "
-          f"work {t_work * 1e3:.1f} ms ({t_work / t_torch:.3f}); work / base {t_work / t_base:.3f}")
-
+          f"work {t_work * 1e3:.1f} ms ({t_work / t_torch:.3f}); work / base {t_work / t_base:.3f} "
+          f"(round by round: median {paired['median']:.3f}, min {paired['min']:.3f}, max {paired['max']:.3f}; "
+          f"fastest round of each: {min(times[2]) / min(times[1]):.3f})")
 
 if __name__ == "__main__":
     main()

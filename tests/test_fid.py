@@ -142,8 +142,9 @@ def test_shipped_test_statistics_are_a_covariance_and_equal_the_recomputed_ones(
     except FileNotFoundError:
         pytest.skip("no MNIST data folder")
     mu_again, sigma_again = fid.image_statistics(images)
-    np.testing.assert_allclose(mu_again, mu, rtol=0, atol=1e-6)  # measured: 0 (the same computation)
-    np.testing.assert_allclose(sigma_again, sigma, rtol=0, atol=1e-6)
+    # the features are float32: a change in the ops' rounding (a faster group norm) moves them by ~1e-7 relative
+    np.testing.assert_allclose(mu_again, mu, rtol=0, atol=1e-6)  # measured: 3.4e-7
+    np.testing.assert_allclose(sigma_again, sigma, rtol=0, atol=1e-5)  # measured: 1.2e-6 (Σ up to 10)
     assert fid.frechet_distance(mu_again, sigma_again, mu, sigma) < 1e-6
 
 

@@ -13,7 +13,8 @@
                         with up to 128 channels; its transforms run on whole parity grids (long passes)
                         cut straight from x, padding included (no padded copy)
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
-    group_norm          large images only: its formula on chunks of whole groups, shared out over the threads
+    group_norm          its formula on chunks of whole groups, the sums as BLAS products (faster than NumPy's
+                        reductions), the chunks shared out over the threads
 
 The blocks of a conv, and the chunks of SiLU and group_norm, are shared out over the CPU threads where the
 op does not already run in one slice of a batch (`parallel.shared_out`): one 256x256 image uses every core.
@@ -46,11 +47,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     xp = get_array_module(x)
     if xp is np and _winograd_applies(x, weight, stride, padding):
         return conv3x3_winograd(x, weight, bias)
-    top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
-    if top or bottom or left or right:
-        x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
+    if xp is np and _downsample_applies(x, weight, stride, padding):
+        columns = _downsample_im2col  # its columns cut from parity grids: no padded copy of x
+        batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2] + 2, x.shape[3] + 2  # as if padded
+    else:
+        top, bottom, left, right = (padding,) * 4 if isinstance(padding, int) else padding
+        if top or bottom or left or right:
+            x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        columns = _im2col
+        batch, channels, height, width = x.shape
     if stride == 1 and 1 < kh * kw and kh * kw * out_channels <= channels:
         return _conv_few_outputs(x, weight, bias)
     if stride == 1 and kh == kw == 1:  # a 1x1 conv: one product per image, straight from x, no copy
@@ -64,12 +70,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     def block(images_rows):
         images, rows = images_rows
-        cols = _im2col(x[images], kh, kw, stride, rows, out_w)  # (C·kh·kw, n·rows·W')
+        cols, width = columns(x[images], kh, kw, stride, rows, out_w)  # (C·kh·kw, n·rows·width), width ≥ W'
         target = y[images, :, rows.start * out_w : rows.stop * out_w]  # (n, O, rows·W') view
-        if len(target) == 1:
+        if len(target) == 1 and width == out_w:
             xp.matmul(kernel, cols, out=target[0])
-        else:  # several small images in one product: (O, n·H'W') -> (n, O, H'W')
-            target[...] = (kernel @ cols).reshape(out_channels, len(target), -1).transpose(1, 0, 2)
+        else:  # several small images in one product, the columns past W' dropped: (O, n, rows, W') -> (n, O, rows, W')
+            product = (kernel @ cols).reshape(out_channels, len(target), rows.stop - rows.start, width)
+            target.reshape(product.shape[1], out_channels, -1, out_w)[...] = product[..., :out_w].transpose(1, 0, 2, 3)
 
     blocks = _blocks(batch, out_h, channels * kh * kw * out_w, _im2col_budget(xp))
     if xp is np:
@@ -101,18 +108,44 @@ def _blocks(batch, out_h, floats_per_row, budget):
 
 def _im2col(x, kh, kw, stride, rows, out_w):
     """The kh·kw shifted (strided) views of x (n, C, H, W) for output `rows`, as columns (C·kh·kw, n·rows·W'):
-    one matrix product then covers all n images (a wide product, even for 4x4 images)."""
+    one matrix product then covers all n images (a wide product, even for 4x4 images). Returns them and
+    the width of an output row in them, W'."""
     n, channels = x.shape[:2]
     count = rows.stop - rows.start
     if kh == kw == 1 and stride == 1 and n == 1:
-        return x[0, :, rows].reshape(channels, count * out_w)  # (1, C, rows, W) -> (C, rows·W)
+        return x[0, :, rows].reshape(channels, count * out_w), out_w  # (1, C, rows, W) -> (C, rows·W)
     cols = get_array_module(x).empty((channels, kh, kw, n, count, out_w), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             top = rows.start * stride + i
             view = x[:, :, top : top + stride * count : stride, j : j + stride * out_w : stride]
             cols[:, i, j] = view.transpose(1, 0, 2, 3)  # (n, C, rows, W') -> (C, n, rows, W')
-    return cols.reshape(channels * kh * kw, n * count * out_w)  # (C, kh, kw, n, rows, W') -> (C·kh·kw, n·rows·W')
+    return cols.reshape(channels * kh * kw, n * count * out_w), out_w  # (C, kh, kw, n, rows, W') -> (C·kh·kw, n·rows·W')
+
+
+def _downsample_applies(x, weight, stride, padding):
+    """A 3x3 conv with stride 2 and padding 1 of an even-sided x (diffusers' Downsample2D)."""
+    return weight.shape[2:] == (3, 3) and stride == 2 and padding == 1 and x.shape[2] % 2 == x.shape[3] % 2 == 0
+
+
+def _downsample_im2col(x, kh, kw, stride, rows, out_w):
+    """`_im2col` of x (n, C, H, W) zero-padded by one pixel, for a 3x3 kernel at stride 2, from its parity
+    grids (`_parity_grids`), with output rows W/2 + 1 wide: tap (i, j) of output (a, b) is padded[2a + i,
+    2b + j] = par[i%2, j%2][a + i//2, b + j//2], so the columns of tap (i, j) are grid (i%2, j%2) flattened
+    and shifted by (i//2)·(W/2 + 1) + j//2, one long copy per channel and image. Column b = W/2 of each row
+    is not an output (it reads the next grid row): the caller drops it after the product."""
+    count = rows.stop - rows.start
+    par = _parity_grids(x, 2 * rows.start - 1, 2 * rows.stop + 1)  # (2p, 2q, C, n, rows+1, W/2+1)
+    width = par.shape[-1]
+    grids = par.reshape(2, 2, x.shape[1], len(x), -1)  # each grid's rows flattened: (2p, 2q, C, n, (rows+1)·(W/2+1))
+    cols = np.empty((x.shape[1], kh, kw, len(x), count * width), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            grid, start = grids[i % 2, j % 2], (i // 2) * width + j // 2
+            stop = min(start + count * width, grid.shape[-1])  # the last column of tap (1, 1) runs off the end
+            cols[:, i, j, :, : stop - start] = grid[:, :, start:stop]
+            cols[:, i, j, :, stop - start :] = 0
+    return cols.reshape(-1, len(x) * count * width), width  # (C, kh, kw, n, rows·(W/2+1)) -> (C·kh·kw, ·)
 
 
 def _conv_few_outputs(x, weight, bias=None):
@@ -164,22 +197,27 @@ SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
 
 
 def group_norm(x, weight, bias, num_groups, eps):
-    """`nn.group_norm` on the CPU, its formula run on chunks of about NORM_CHUNK floats (whole groups) that
-    stay in cache, shared out over the threads: one large image normalises on every core."""
+    """`nn.group_norm` on the CPU, its formula run on chunks of about NORM_CHUNK floats (whole groups),
+    shared out over the threads (one large image normalises on every core). The groups' sums and sums of
+    squares are BLAS products, a few times faster than NumPy's reductions along an axis and as exact
+    (`tests/test_nn.py` checks them against a float64 loop)."""
     batch, channels = x.shape[:2]
     rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
+    size = rows.shape[1]
     out = np.empty_like(rows)
+    ones = np.ones(size, dtype=rows.dtype)
     gamma, beta = weight.reshape(num_groups, -1), bias.reshape(num_groups, -1)  # (G, C/G)
-    step = max(1, NORM_CHUNK // rows.shape[1])
+    step = max(1, NORM_CHUNK // size)
 
     def chunk(start):
         part = slice(start, start + step)
-        centered = rows[part] - rows[part].mean(axis=-1, keepdims=True)
-        var = np.einsum("gi,gi->g", centered, centered) / rows.shape[1]  # (n,)
+        centered = out[part]  # a view: normalised in place
+        np.subtract(rows[part], (rows[part] @ ones / size)[:, None], out=centered)  # x − μ_g
+        var = (centered[:, None] @ centered[:, :, None])[:, 0, 0] / size  # (n, 1, N) @ (n, N, 1) -> (n,): σ²_g
         group = np.arange(start, start + len(centered)) % num_groups  # the group of each row
         scale = gamma[group] / np.sqrt(var + eps)[:, None]  # (n, C/G)
-        target = out[part].reshape(len(centered), gamma.shape[1], -1)  # (n, C/G, HW) view
-        np.multiply(centered.reshape(target.shape), scale[:, :, None], out=target)
+        target = centered.reshape(len(centered), gamma.shape[1], -1)  # (n, C/G, HW) view
+        target *= scale[:, :, None]
         target += beta[group][:, :, None]
 
     shared_out(chunk, range(0, len(rows), step))
@@ -241,11 +279,9 @@ def conv3x3_winograd(x, weight, bias=None):
     def block(images_rows):
         images, rows = images_rows
         grids = _parity_grids(x[images], 2 * rows.start - 1, 2 * rows.stop + 1)  # the rows, with a halo of one
-        _winograd_block(grids, kernel, y[images, :, 2 * rows.start : 2 * rows.stop])  # into a (n, O, 2t, 2s) view
+        _winograd_block(grids, kernel, y[images, :, 2 * rows.start : 2 * rows.stop], bias)  # into a (n, O, 2t, 2s) view
 
     shared_out(block, _blocks(batch, height // 2, width // 2 + 1, WINOGRAD_TILES))  # a spare tile per grid row
-    if bias is not None:
-        y += bias[:, None, None]
     return y
 
 
@@ -268,9 +304,9 @@ def _parity_grids(x, top, bottom):
     return par
 
 
-def _winograd_block(par, kernel, out):
+def _winograd_block(par, kernel, out, bias=None):
     """out (n, O, 2t, 2s) = the 3x3 conv of a padded block x (n, C, 2t+2, 2s+2), by Winograd F(2x2, 3x3),
-    from x's parity grids par (2p, 2q, C, n, t+1, s+1) (`_parity_grids`).
+    from x's parity grids par (2p, 2q, C, n, t+1, s+1) (`_parity_grids`), plus bias (O,) if given.
 
     The 4x4 tile of output block (a, b) is x[2a : 2a+4, 2b : 2b+4]. Split by the parity of row and column,
     x becomes four grids par[p, q][a, b] = x[2a+p, 2b+q], and tile row i, column j is par[i%2, j%2] shifted
@@ -295,6 +331,8 @@ def _winograd_block(par, kernel, out):
     np.subtract(flat[:, 0, 1:], flat[:, 1, :-1], out=tiles[:, 2, :-1])
     np.subtract(flat[:, 1, :-1], flat[:, 1, 1:], out=tiles[:, 3, :-1])
     m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·t·(s+1)) -> (16, O, n·t·(s+1))
+    if bias is not None:  # on m[1, 1] only: A[1, p] A[1, q] = 1, so it reaches all four outputs of Aᵀ m A
+        m[5] += bias[:, None]
     m = m.reshape(4, 4, -1)
     sums = np.empty((2, 4, m.shape[-1]), dtype=par.dtype)  # Aᵀ m: rows 0, 1
     np.add(m[0], m[1], out=sums[0])

@@ -4,8 +4,8 @@ Weights come in as `weight`/`bias` keywords, so the UNet writes `conv2d(h, **p["
 `p` a branch of the checkpoint's params tree. Arrays are float32 and NCHW, as in PyTorch; every op works on
 any array module (`xp = get_array_module(x)`), and the tests check each against a naive loop.
 
-Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU, group norm of
-large images in chunks) and `fastattn.py` (many small attention heads): `conv2d`, `silu`, `group_norm` and `attention`
+Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU, group norm in
+chunks) and `fastattn.py` (many small attention heads): `conv2d`, `silu`, `group_norm` and `attention`
 hand off to them in one visible line, and the tests check the fast ops against the plain ones here.
 """
 
@@ -77,7 +77,7 @@ def group_norm(x, weight, bias, num_groups, eps, fast=True):
     place on the centred copy (few passes over the data). fast=False always runs it.
     """
     xp = get_array_module(x)
-    if fast and xp is np and x[0].size > fastops.NORM_CHUNK:  # large images: chunks over the CPU threads
+    if fast and xp is np:  # the sums as BLAS products, in chunks over the CPU threads
         return fastops.group_norm(x, weight, bias, num_groups, eps)  # tinyddim/fastops.py
     batch, channels = x.shape[:2]
     groups = x.reshape(batch, num_groups, -1)  # (B, C, H, W) -> (B, G, C/G·H·W)
