@@ -47,16 +47,18 @@ def load_base_ops(revision):
 
 
 def main():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import positive
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="HEAD", help="git revision whose tinyddim/nn.py is the baseline")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=positive, default=2)
+    parser.add_argument("--batch", type=positive, default=8)
+    parser.add_argument("--rounds", type=positive, default=9)
     parser.add_argument("--arch", default="cifar10", choices=("cifar10", "ddpm-256", "bundled"))
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                         help="cpu: the process's CPU time (steadier on a busy machine; with 1 thread)")
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import time
 
     from unet_speed import forward_fns, models, round_times, set_threads, spread

@@ -78,13 +78,15 @@ def products_alone(x_shape, w_shape, stride, padding, rng):
 
 
 def main():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import positive
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="bundled", choices=("bundled", "cifar10", "ddpm-256"))
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=positive, default=64)
+    parser.add_argument("--threads", type=positive, default=1)
+    parser.add_argument("--rounds", type=positive, default=7)
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from unet_speed import machine_section, models, set_threads
 
     set_threads(args.threads)  # before NumPy and torch load

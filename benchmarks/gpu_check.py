@@ -11,6 +11,8 @@ Installs nothing; prints one line per figure and writes them as JSON to --json i
 
 import argparse
 import json
+import os
+import sys
 
 import numpy as np
 
@@ -62,10 +64,20 @@ def same_images_check():
 
 
 def main():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import positive
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=positive, default=20)
     parser.add_argument("--json")
     args = parser.parse_args()
+    try:
+        import cupy  # noqa: F401
+        import torch
+    except ImportError as err:
+        sys.exit(f"gpu_check.py needs CuPy and PyTorch with CUDA ({err}): pip install -e \".[gpu,test]\"")
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check.py needs a CUDA GPU: PyTorch sees none")
     results = {"forward": forward_check(args.rounds), "cpu_gpu_max_diff": same_images_check()}
     if args.json:
         with open(args.json, "w") as f:
@@ -73,8 +85,4 @@ def main():
 
 
 if __name__ == "__main__":
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

@@ -16,15 +16,17 @@ import time
 
 
 def main():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet_speed import positive
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=positive, default=8)
+    parser.add_argument("--threads", type=positive, default=2)
+    parser.add_argument("--rounds", type=positive, default=3)
     parser.add_argument("--arch", default="cifar10", choices=("cifar10", "ddpm-256", "bundled"))
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                         help="cpu: each thread's CPU time (steadier on a busy machine)")
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from unet_speed import models, set_threads
 
     set_threads(args.threads)

@@ -42,6 +42,17 @@ DDPM_256 = dict(
 ARCHITECTURES = {"cifar10": CIFAR10, "ddpm-256": DDPM_256}
 
 
+def positive(text):
+    """An argparse type: a whole number of at least 1 (rounds, threads, batch, steps); else a one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def set_threads(threads):
     """Before NumPy and PyTorch load: one thread count for both."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -357,11 +368,11 @@ def table(paths):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of each forward")
-    parser.add_argument("--pipeline-rounds", type=int, default=3, help="interleaved rounds of each DDIMPipeline run")
-    parser.add_argument("--pipeline-steps", type=int, default=50)
-    parser.add_argument("--large-rounds", type=int, default=3)
+    parser.add_argument("--threads", type=positive, default=2)
+    parser.add_argument("--rounds", type=positive, default=7, help="interleaved rounds of each forward")
+    parser.add_argument("--pipeline-rounds", type=positive, default=3, help="interleaved rounds of each DDIMPipeline run")
+    parser.add_argument("--pipeline-steps", type=positive, default=50)
+    parser.add_argument("--large-rounds", type=positive, default=3)
     parser.add_argument("--sections", default="gemm,bundled,speed,memory,large")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds, 3 DDIM steps")
     parser.add_argument("--json", help="also write the results here")
