@@ -52,8 +52,8 @@ def main():
     for name in ("conv2d", "group_norm", "silu", "attention", "linear", "upsample_nearest"):
         timed(unet_module, name, name)
     for name, label in (("_im2col", "conv2d: im2col copies"),
-                        ("_downsample_im2col", "conv2d: downsampling's im2col (its parity grids included)"),
-                        ("_parity_grids", "conv2d: parity grids (Winograd and downsampling, padding included)"),
+                        ("_downsample_im2col", "conv2d: downsampling im2col (grids included)"),
+                        ("_parity_grids", "conv2d: parity grids (padding included)"),
                         ("_winograd_block", "conv2d: Winograd on parity grids (products included)")):
         timed(fastops, name, label)
     _, unet = models(args.arch)
