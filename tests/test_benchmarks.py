@@ -31,3 +31,12 @@ def test_compare_ops_loads_the_base_revisions_speed_ups():
         assert functions and all(getattr(module, f).__module__ == f"base_{name}" for f in functions)
         assert sorted(functions) == sorted(f for f, value in vars(module).items()
                                            if inspect.isfunction(value) and value.__module__ == f"base_{name}")
+
+
+def test_layout_bound_finds_the_scatter_it_leaves_out_and_times_all_three_variants():
+    pytest.importorskip("diffusers")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "layout_bound.py"), "--rounds", "1",
+                           "--batch", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0:3] for line in done.stdout.splitlines()[1:]] == [
+        ["as", "it", "is"], ["no", "split", "median"], ["no", "split,", "no"]]
