@@ -8,6 +8,10 @@ back (strided copies). A UNet that kept its activations in parity order between 
 part of that work. This script times the forward as it is, with the split replaced by ready-made grids, and
 with the scatter dropped too, interleaved round by round (CPU clock). The outputs of the last two are
 wrong, their shapes and all other work are not: the difference is an upper bound on what the layout buys.
+
+Then, convolution by convolution (the shapes the forward records), it times the split and the scatter as
+they are against the same copies from and into activations already in parity order, (B, C, 2, 2, H/2,
+W/2): what parity order alone would change, with the zero border and the (image, channel) transpose kept.
 """
 
 import argparse
@@ -61,6 +65,71 @@ def main():
         bucket = sorted(bucket[1:])  # the first round warms up
         print(f"  {name:22s} median {bucket[len(bucket) // 2] * 1e3:6.1f} ms (min {bucket[0] * 1e3:.1f}, "
               f"max {bucket[-1] * 1e3:.1f})")
+    fastops._parity_grids, fastops._winograd_block = variants["as it is"]
+    parity_order_copies(unet, x, args.rounds)
+
+
+def parity_order_copies(unet, x, rounds):
+    """Split and scatter of every Winograd conv of one forward: from and into the usual layout, against from
+    and into activations in parity order (B, C, 2p, 2q, H/2, W/2); ms per forward, medians over rounds."""
+    import numpy as np
+
+    import tinyddim.fastops as fastops
+
+    convs, winograd = [], fastops.conv3x3_winograd
+    def recorded(h, weight, bias=None):
+        convs.append((h.shape, len(weight)))
+        return winograd(h, weight, bias)
+
+    fastops.conv3x3_winograd = recorded
+    unet(x, 500)
+    fastops.conv3x3_winograd = winograd
+    totals = dict.fromkeys(("split", "split from parity order", "scatter", "scatter into parity order"), 0.0)
+    for shape, out_channels in convs:
+        batch, channels, height, width = shape
+        t, s = height // 2, width // 2
+        h = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        ordered = np.ascontiguousarray(h.reshape(batch, channels, t, 2, s, 2).transpose(0, 1, 3, 5, 2, 4))
+        y = np.ones((2, 2, out_channels, batch, t, s + 1), dtype=np.float32)  # a block's outputs, by parity
+        out = np.empty((batch, out_channels, height, width), np.float32)
+        out_ordered = np.empty((batch, out_channels, 2, 2, t, s), np.float32)
+        blocks = [images for images, _ in fastops._blocks(batch, t, s + 1, fastops.WINOGRAD_TILES)]
+        assert np.array_equal(fastops._parity_grids(h[blocks[0]], -1, height + 1), _grids_from_ordered(ordered[blocks[0]]))
+
+        def scatter(target):  # target(images, p, q): the (n, O, t, s) view that outputs of parity (p, q) go to
+            for images in blocks:
+                for p in range(2):
+                    for q in range(2):
+                        target(images, p, q)[...] = y[p, q, :, : images.stop - images.start, :, :s].transpose(1, 0, 2, 3)
+
+        runs = {"split": lambda: [fastops._parity_grids(h[i], -1, height + 1) for i in blocks],
+                "split from parity order": lambda: [_grids_from_ordered(ordered[i]) for i in blocks],
+                "scatter": lambda: scatter(lambda i, p, q: out[i, :, p::2, q::2]),
+                "scatter into parity order": lambda: scatter(lambda i, p, q: out_ordered[i, :, p, q])}
+        for name, run in runs.items():
+            run()
+            spent = []
+            for _ in range(rounds):
+                start = time.process_time()
+                run()
+                spent.append(time.process_time() - start)
+            totals[name] += sorted(spent)[len(spent) // 2]
+    print(f"the copies of its {len(convs)} Winograd convs, ms per forward (medians):")
+    for name, seconds in totals.items():
+        print(f"  {name:26s} {seconds * 1e3:6.1f} ms")
+
+
+def _grids_from_ordered(ordered):
+    """`fastops._parity_grids` of a whole image block, from activations already in parity order (n, C, 2p, 2q,
+    t, s): padded row 2a + p is row 2a + p − 1 of the image, i.e. grid row a − 1 + p of image parity 1 − p."""
+    import numpy as np
+
+    n, channels, _, _, t, s = ordered.shape
+    grids = np.zeros((2, 2, channels, n, t + 1, s + 1), dtype=ordered.dtype)
+    for p in range(2):
+        for q in range(2):
+            grids[p, q, :, :, 1 - p : t + 1 - p, 1 - q : s + 1 - q] = ordered[:, :, 1 - p, 1 - q].transpose(1, 0, 2, 3)
+    return grids
 
 
 if __name__ == "__main__":
