@@ -23,7 +23,7 @@ import time
 
 def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from unet_speed import models, positive, set_threads
+    from unet_speed import models, positive, round_times, set_threads, show, spread
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive, default=1)
@@ -52,19 +52,18 @@ def main():
                 "no split, no scatter": (ready_grids, namespace["_winograd_block"])}
     _, unet = models("bundled")
     x = np.random.default_rng(0).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)
-    times = {name: [] for name in variants}
+
+    def forward_with(split, block):
+        def run():
+            fastops._parity_grids, fastops._winograd_block = split, block
+            unet(x, 500)
+        return run
+
     with np.errstate(all="ignore"):  # the wrong variants may overflow
-        for _ in range(args.rounds + 1):
-            for name, (split, block) in variants.items():
-                fastops._parity_grids, fastops._winograd_block = split, block
-                start = time.process_time()
-                unet(x, 500)
-                times[name].append(time.process_time() - start)
+        times = round_times([forward_with(*v) for v in variants.values()], args.rounds, clock=time.process_time)
     print(f"bundled forward, batch {args.batch}, {args.threads} threads, CPU clock, {args.rounds} rounds:")
-    for name, bucket in times.items():
-        bucket = sorted(bucket[1:])  # the first round warms up
-        print(f"  {name:22s} median {bucket[len(bucket) // 2] * 1e3:6.1f} ms (min {bucket[0] * 1e3:.1f}, "
-              f"max {bucket[-1] * 1e3:.1f})")
+    for name, bucket in zip(variants, times):
+        print(f"  {name:22s} median {show(spread(bucket))}")
     fastops._parity_grids, fastops._winograd_block = variants["as it is"]
     parity_order_copies(unet, x, args.rounds)
 
@@ -73,6 +72,7 @@ def parity_order_copies(unet, x, rounds):
     """Split and scatter of every Winograd conv of one forward: from and into the usual layout, against from
     and into activations in parity order (B, C, 2p, 2q, H/2, W/2); ms per forward, medians over rounds."""
     import numpy as np
+    from unet_speed import round_times, spread
 
     import tinyddim.fastops as fastops
 
@@ -106,14 +106,8 @@ def parity_order_copies(unet, x, rounds):
                 "split from parity order": lambda: [_grids_from_ordered(ordered[i]) for i in blocks],
                 "scatter": lambda: scatter(lambda i, p, q: out[i, :, p::2, q::2]),
                 "scatter into parity order": lambda: scatter(lambda i, p, q: out_ordered[i, :, p, q])}
-        for name, run in runs.items():
-            run()
-            spent = []
-            for _ in range(rounds):
-                start = time.process_time()
-                run()
-                spent.append(time.process_time() - start)
-            totals[name] += sorted(spent)[len(spent) // 2]
+        for name, bucket in zip(runs, round_times(list(runs.values()), rounds, clock=time.process_time)):
+            totals[name] += spread(bucket)["median"]
     print(f"the copies of its {len(convs)} Winograd convs, ms per forward (medians):")
     for name, seconds in totals.items():
         print(f"  {name:26s} {seconds * 1e3:6.1f} ms")
