@@ -43,3 +43,39 @@ def test_layout_bound_finds_the_scatter_it_leaves_out_and_times_every_variant():
     labels = [re.split(r"\s{2,}", line.strip())[0] for line in done.stdout.splitlines() if line.startswith("  ")]
     assert labels == ["as it is", "no split", "no split, no scatter", "split", "split from parity order", "scatter",
                       "scatter into parity order"]
+
+
+@pytest.mark.parametrize("shape, out_channels, tiles, with_bias", [
+    ((5, 16, 8, 6), 24, 256, True),   # 5 images of 12 tiles in blocks of 21: the last block short
+    ((3, 32, 4, 4), 16, 4, False),    # one image per block
+    ((2, 8, 16, 2), 8, 1, True),      # one tile column
+])
+def test_channels_last_winograd_equals_the_plain_conv(shape, out_channels, tiles, with_bias):
+    """The channels-last conv that `channels_last_conv.py` times is the conv of `nn.conv2d`, on (B, H, W, C)."""
+    import numpy as np
+
+    from tinyddim import nn
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from channels_last_conv import conv3x3_channels_last, winograd_kernel_channels_last
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    weight = rng.standard_normal((out_channels, shape[1], 3, 3), dtype=np.float32)
+    bias = rng.standard_normal(out_channels, dtype=np.float32) if with_bias else None
+    got = conv3x3_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), winograd_kernel_channels_last(weight),
+                                bias, tiles)  # (B, H, W, C) in, (B, H, W, O) out
+    expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_channels_last_conv_times_every_winograd_conv_of_the_forward():
+    pytest.importorskip("diffusers")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "channels_last_conv.py"), "--rounds", "1",
+                           "--batch", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 10 and all("channels-last" in row and "torch" in row for row in rows)
+    assert re.search(r"^totals over one forward: \(B, C, H, W\) [\d.]+ ms \(1\.00\), channels-last", done.stdout, re.M)
