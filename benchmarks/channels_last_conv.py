@@ -26,11 +26,11 @@ import os
 import sys
 import time
 
-import numpy as np
-
 
 def winograd_kernel_channels_last(weight):
     """U = G g Gᵀ of each 3x3 kernel g, as (16, C, O) for the products (tiles, C) @ (C, O)."""
+    import numpy as np
+
     from tinyddim.fastops import WINOGRAD_G
 
     kernel = np.einsum("ai,ocij,bj->abco", WINOGRAD_G, weight, WINOGRAD_G)  # (O, C, 3, 3) -> (4, 4, C, O)
@@ -40,6 +40,8 @@ def winograd_kernel_channels_last(weight):
 def conv3x3_channels_last(x, kernel, bias=None, tiles=256):
     """conv2d(x, weight, bias, padding=1) of x (B, H, W, C), H and W even, by Winograd F(2x2, 3x3), with
     `kernel` = winograd_kernel_channels_last(weight): (B, H, W, O), in blocks of about `tiles` tiles."""
+    import numpy as np
+
     batch, height, width, _ = x.shape
     out = np.empty((batch, height, width, kernel.shape[-1]), dtype=x.dtype)
     step = max(1, tiles // (height // 2 * (width // 2)))  # whole images per block
@@ -50,6 +52,8 @@ def conv3x3_channels_last(x, kernel, bias=None, tiles=256):
 
 def _block(x, kernel, bias, out):
     """out (n, H, W, O) = the Winograd conv of x (n, H, W, C): tile (a, b) is padded[2a : 2a+4, 2b : 2b+4]."""
+    import numpy as np
+
     n, height, width, channels = x.shape
     t, s = height // 2, width // 2
     padded = np.zeros((n, height + 2, width + 2, channels), dtype=x.dtype)
@@ -89,6 +93,8 @@ def winograd_calls(unet, batch):
     whole batch in one pass (not sliced over threads)."""
     import collections
 
+    import numpy as np
+
     import tinyddim.fastops as fastops
     from tinyddim.unet import unet_forward
 
@@ -115,12 +121,15 @@ def main():
     parser.add_argument("--batch", type=positive, default=64)
     parser.add_argument("--rounds", type=positive, default=15)
     args = parser.parse_args()
-    set_threads(args.threads)
+    set_threads(args.threads)  # before NumPy loads: its BLAS reads the thread count once
+    import numpy as np
     import torch
 
     from tinyddim import fastops, nn
+    from tinyddim.parallel import cpu_threads
 
     machine_section(args)
+    assert cpu_threads() == args.threads, f"NumPy's BLAS runs {cpu_threads()} threads, not {args.threads}"
     _, unet = models("bundled")
     rng = np.random.default_rng(0)
     names = ("(B, C, H, W)", "channels-last", "torch")

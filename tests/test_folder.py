@@ -156,10 +156,12 @@ def test_shards_run_at_another_batch_size_still_cover_every_image(pipe, referenc
         assert np.abs(pixels(out, name) - pixels(reference, name)).max() <= 1
 
 
-def test_a_pipeline_on_another_device_writes_the_same_pngs(pipe, reference, tmp_path):
+def test_a_pipeline_on_another_device_writes_the_same_pngs_to_a_gray_level(pipe, reference, tmp_path):
+    # the device runs the plain ops (im2col, no Winograd): float32 rounding differs, and a value on the edge
+    # of a gray level can round to its neighbour (measured: 1 pixel of 2560 on an Intel Xeon at one thread)
     out = tmp_path / "strict"
     td.sample_to_folder(out, 10, pipeline=pipe.to("strict"), **RUN)
-    assert same_pngs(reference, out)
+    assert close_pngs(reference, out)
 
 
 def test_ddpm_with_the_larger_variance_samples_to_a_folder(pipe, tmp_path):
