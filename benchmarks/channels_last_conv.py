@@ -18,6 +18,8 @@ interleaved round by round on the CPU clock: tinyddim's conv of (B, C, H, W), th
 (B, H, W, C), and torch's conv2d. It prints ms per call and the totals over one forward. Only the convs:
 a UNet holding channels-last activations would also change group norm, the concatenations and upsampling
 (runs of C floats, not of H·W) and drop attention's two token transposes. None of that is measured here.
+Use --threads 1: with --threads N NumPy's BLAS runs N threads on the whole batch, while the UNet gives each
+of N threads a slice of the batch and a one-thread BLAS, so only the 1-thread figures carry over.
 Needs `pip install -e ".[test]"` (torch).
 """
 
