@@ -30,13 +30,13 @@ import time
 
 
 def winograd_kernel_channels_last(weight):
-    """U = G g Gᵀ of each 3x3 kernel g, as (16, C, O) for the products (tiles, C) @ (C, O)."""
+    """U = G g Gᵀ of each 3x3 kernel g (`fastops.winograd_kernel`), as (16, C, O) for the products
+    (tiles, C) @ (C, O)."""
     import numpy as np
 
-    from tinyddim.fastops import WINOGRAD_G
+    from tinyddim.fastops import winograd_kernel
 
-    kernel = np.einsum("ai,ocij,bj->abco", WINOGRAD_G, weight, WINOGRAD_G)  # (O, C, 3, 3) -> (4, 4, C, O)
-    return np.ascontiguousarray(kernel.reshape(16, weight.shape[1], weight.shape[0]))
+    return np.ascontiguousarray(winograd_kernel(weight).transpose(0, 2, 1))  # (16, O, C) -> (16, C, O)
 
 
 def conv3x3_channels_last(x, kernel, bias=None, tiles=256):
