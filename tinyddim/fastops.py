@@ -13,8 +13,8 @@
                         with up to 128 channels; its transforms run on whole parity grids (long passes)
                         cut straight from x, padding included (no padded copy)
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
-    group_norm          its formula on chunks of whole groups, the sums as BLAS products (faster than NumPy's
-                        reductions), the chunks shared out over the threads
+    group_norm          the sums Σx, Σx² as BLAS products (faster than NumPy's reductions), then one affine
+                        map per channel (no centred copy); its chunks shared out over the threads
 
 The blocks of a conv, and the chunks of SiLU and group_norm, are shared out over the CPU threads where the
 op does not already run in one slice of a batch (`parallel.shared_out`): one 256x256 image uses every core.
@@ -180,7 +180,8 @@ def silu_inplace(x):
 
     def chunk(start):
         part = parts[start : start + step]  # a view into x
-        denominator = xp.exp(-part)
+        denominator = -part
+        xp.exp(denominator, out=denominator)  # e^(−x), in the one temporary
         denominator += 1
         part /= denominator
 
@@ -195,34 +196,47 @@ SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
 
 
 def group_norm(x, weight, bias, num_groups, eps):
-    """`nn.group_norm` on the CPU, its formula run on chunks of about NORM_CHUNK floats (whole groups),
-    shared out over the threads (one large image normalises on every core). The groups' sums and sums of
-    squares are BLAS products, a few times faster than NumPy's reductions along an axis and as exact
-    (`tests/test_nn.py` checks them against a float64 loop)."""
+    """`nn.group_norm` on the CPU: the statistics of all groups from two BLAS products over x, then one
+    affine map y = a_c·x + b_c per channel, in chunks of about NORM_CHUNK floats shared out over the threads.
+
+        μ_g = Σx / N,  σ²_g = Σx² / N − μ²_g,  a_c = γ_c / √(σ²_g + ε),  b_c = β_c − μ_g·a_c
+
+    Σx and Σx² are a matrix-vector and a row-by-row product (a few times faster than NumPy's reductions
+    along an axis), and x is never centred in memory. Σx²/N − μ² loses bits to cancellation where μ² ≫ σ²;
+    where μ² ≤ σ² it loses at most one, and the other groups (rare in a UNet) get σ² again from their
+    centred values, so every group is as exact as a two-pass variance (`tests/test_nn.py` checks both
+    kinds against a float64 loop)."""
     batch, channels = x.shape[:2]
     rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
     size = rows.shape[1]
-    out = np.empty_like(rows)
-    ones = np.ones(size, dtype=rows.dtype)
-    gamma, beta = weight.reshape(num_groups, -1), bias.reshape(num_groups, -1)  # (G, C/G)
-    step = max(1, NORM_CHUNK // size)
+    mean = rows @ np.ones(size, dtype=rows.dtype) / size  # μ_g: (B·G,)
+    var = _row_dots(rows) / size - mean * mean  # σ²_g = E[x²] − μ²_g
+    unsure = np.flatnonzero(mean * mean > var)
+    if len(unsure):  # more than one bit lost: σ²_g of the centred values (two passes)
+        centered = rows[unsure] - mean[unsure, None]
+        var[unsure] = _row_dots(centered) / size
+    scale = weight.reshape(num_groups, -1) / np.sqrt(var + eps).reshape(batch, num_groups, 1)  # a_c: (B, G, C/G)
+    shift = bias.reshape(num_groups, -1) - mean.reshape(batch, num_groups, 1) * scale  # b_c: (B, G, C/G)
+    planes = rows.reshape(batch * channels, -1)  # (B·G, C/G·HW) -> (B·C, HW)
+    scale, shift = scale.reshape(-1, 1), shift.reshape(-1, 1)  # (B, G, C/G) -> (B·C, 1)
+    out = np.empty_like(planes)
+    step = max(1, NORM_CHUNK // planes.shape[1])
 
     def chunk(start):
         part = slice(start, start + step)
-        centered = out[part]  # a view: normalised in place
-        np.subtract(rows[part], (rows[part] @ ones / size)[:, None], out=centered)  # x − μ_g
-        var = (centered[:, None] @ centered[:, :, None])[:, 0, 0] / size  # (n, 1, N) @ (n, N, 1) -> (n,): σ²_g
-        group = np.arange(start, start + len(centered)) % num_groups  # the group of each row
-        scale = gamma[group] / np.sqrt(var + eps)[:, None]  # (n, C/G)
-        target = centered.reshape(len(centered), gamma.shape[1], -1)  # (n, C/G, HW) view
-        target *= scale[:, :, None]
-        target += beta[group][:, :, None]
+        np.multiply(planes[part], scale[part], out=out[part])
+        out[part] += shift[part]
 
-    shared_out(chunk, range(0, len(rows), step))
+    shared_out(chunk, range(0, len(planes), step))
     return out.reshape(x.shape)
 
 
-NORM_CHUNK = 1 << 18  # floats per chunk of group_norm (1 MiB)
+def _row_dots(rows):
+    """Σ_j rows[i, j]² of each row, (n, N) -> (n,): a batch of (1, N) @ (N, 1) BLAS products."""
+    return (rows[:, None] @ rows[:, :, None])[:, 0, 0]  # (n, 1, N) @ (n, N, 1) -> (n, 1, 1)
+
+
+NORM_CHUNK = 1 << 20  # floats per chunk of group_norm's affine map (4 MiB): a few chunks for threads to share
 
 
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
