@@ -225,6 +225,28 @@ def test_winograd_on_parity_grids_matches_the_plain_product_for_any_block_size(s
     np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
 
 
+@pytest.mark.parametrize("shape", [(3, 16, 4, 4), (2, 16, 6, 8), (4, 20, 2, 4)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_winograd_with_the_batch_last_matches_the_plain_product(shape, with_bias):
+    x, weight = randn(*shape), randn(24, shape[1], 3, 3)
+    bias = randn(24) if with_bias else None
+    expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
+    out = np.full((shape[0] + 1, 24) + shape[2:], np.nan, dtype=np.float32)
+    fastops._winograd_batch_last(x, fastops.winograd_kernel(weight), out[1:], bias)  # into a view
+    np.testing.assert_allclose(out[1:], expected, atol=2e-4)  # measured up to 2e-5 (outputs up to ~40)
+    assert np.isnan(out[0]).all()
+
+
+def test_winograd_of_4x4_images_takes_the_batch_last_path_in_blocks_of_images(monkeypatch):
+    monkeypatch.setattr(fastops, "WINOGRAD_TILES", 8)  # 2 images of 4 tiles per block: 5 images in 3 blocks
+    blocks, batch_last = [], fastops._winograd_batch_last
+    monkeypatch.setattr(fastops, "_winograd_batch_last", lambda x, *rest: blocks.append(len(x)) or batch_last(x, *rest))
+    x, weight, bias = randn(5, 16, 4, 4), randn(16, 16, 3, 3), randn(16)
+    expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), expected, atol=2e-4)  # measured 1e-5
+    assert blocks == [2, 2, 1]
+
+
 @pytest.mark.parametrize("top,bottom", [(-1, 9), (-1, 3), (3, 9), (1, 7)])
 def test_parity_grids_split_the_zero_padded_rows_by_parity(top, bottom):
     x = randn(2, 3, 8, 6)

@@ -11,7 +11,8 @@
     conv3x3_winograd    3x3, stride 1, 16+ channels on the CPU: Winograd F(2x2, 3x3), 16 products per 2x2
                         output block instead of 36 (the bulk of the UNet's FLOPs), down to 4x4 images
                         with up to 128 channels; its transforms run on whole parity grids (long passes)
-                        cut straight from x, padding included (no padded copy)
+                        cut straight from x, padding included (no padded copy); 4x4 images with the
+                        batch as the last axis (passes along the images, not along rows of 2 tiles)
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
     group_norm          the sums Σx, Σx² as BLAS products (faster than NumPy's reductions), then one affine
                         map per channel (no centred copy); its chunks shared out over the threads
@@ -196,10 +197,10 @@ SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
 
 
 def group_norm(x, weight, bias, num_groups, eps):
-    """`nn.group_norm` on the CPU: the statistics of all groups from two BLAS products over x, then one
-    affine map y = a_c·x + b_c per channel, in chunks of about NORM_CHUNK floats shared out over the threads.
+    """`nn.group_norm` on the CPU, on chunks of whole groups (about NORM_CHUNK floats) shared out over the
+    threads: each chunk's statistics from two BLAS products over x, then one affine map per channel.
 
-        μ_g = Σx / N,  σ²_g = Σx² / N − μ²_g,  a_c = γ_c / √(σ²_g + ε),  b_c = β_c − μ_g·a_c
+        μ_g = Σx / N,  σ²_g = Σx² / N − μ²_g,  a_c = γ_c / √(σ²_g + ε),  b_c = β_c − μ_g·a_c,  y = a_c·x + b_c
 
     Σx and Σx² are a matrix-vector and a row-by-row product (a few times faster than NumPy's reductions
     along an axis), and x is never centred in memory. Σx²/N − μ² loses bits to cancellation where μ² ≫ σ²;
@@ -209,25 +210,27 @@ def group_norm(x, weight, bias, num_groups, eps):
     batch, channels = x.shape[:2]
     rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
     size = rows.shape[1]
-    mean = rows @ np.ones(size, dtype=rows.dtype) / size  # μ_g: (B·G,)
-    var = _row_dots(rows) / size - mean * mean  # σ²_g = E[x²] − μ²_g
-    unsure = np.flatnonzero(mean * mean > var)
-    if len(unsure):  # more than one bit lost: σ²_g of the centred values (two passes)
-        centered = rows[unsure] - mean[unsure, None]
-        var[unsure] = _row_dots(centered) / size
-    scale = weight.reshape(num_groups, -1) / np.sqrt(var + eps).reshape(batch, num_groups, 1)  # a_c: (B, G, C/G)
-    shift = bias.reshape(num_groups, -1) - mean.reshape(batch, num_groups, 1) * scale  # b_c: (B, G, C/G)
-    planes = rows.reshape(batch * channels, -1)  # (B·G, C/G·HW) -> (B·C, HW)
-    scale, shift = scale.reshape(-1, 1), shift.reshape(-1, 1)  # (B, G, C/G) -> (B·C, 1)
-    out = np.empty_like(planes)
-    step = max(1, NORM_CHUNK // planes.shape[1])
+    out = np.empty_like(rows)
+    ones = np.ones(size, dtype=rows.dtype)
+    gamma, beta = weight.reshape(num_groups, -1), bias.reshape(num_groups, -1)  # (G, C/G)
+    step = max(1, NORM_CHUNK // size)
 
     def chunk(start):
-        part = slice(start, start + step)
-        np.multiply(planes[part], scale[part], out=out[part])
-        out[part] += shift[part]
+        part = rows[start : start + step]  # (n, C/G·HW): n whole groups
+        mean = part @ ones / size  # μ_g
+        var = _row_dots(part) / size - mean * mean  # σ²_g = E[x²] − μ²_g
+        unsure = np.flatnonzero(mean * mean > var)
+        if len(unsure):  # more than one bit lost: σ²_g of the centred values (two passes)
+            var[unsure] = _row_dots(part[unsure] - mean[unsure, None]) / size
+        group = np.arange(start, start + len(part)) % num_groups  # the group of each row
+        scale = gamma[group] / np.sqrt(var + eps)[:, None]  # a_c: (n, C/G)
+        shift = beta[group] - mean[:, None] * scale  # b_c: (n, C/G)
+        planes = part.reshape(len(part), gamma.shape[1], -1)  # (n, C/G·HW) -> (n, C/G, HW)
+        target = out[start : start + step].reshape(planes.shape)
+        np.multiply(planes, scale[:, :, None], out=target)
+        target += shift[:, :, None]
 
-    shared_out(chunk, range(0, len(planes), step))
+    shared_out(chunk, range(0, len(rows), step))
     return out.reshape(x.shape)
 
 
@@ -236,7 +239,7 @@ def _row_dots(rows):
     return (rows[:, None] @ rows[:, :, None])[:, 0, 0]  # (n, 1, N) @ (n, N, 1) -> (n, 1, 1)
 
 
-NORM_CHUNK = 1 << 20  # floats per chunk of group_norm's affine map (4 MiB): a few chunks for threads to share
+NORM_CHUNK = 1 << 20  # floats per chunk of group_norm (4 MiB): the bundled model's in one or two
 
 
 # ---- the CPU fast path for 3x3 convolutions: Winograd F(2x2, 3x3) --------------------------------
@@ -252,6 +255,7 @@ NORM_CHUNK = 1 << 20  # floats per chunk of group_norm's affine map (4 MiB): a f
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
 WINOGRAD_TILES = 256  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
+BATCH_LAST_PIXELS = 16  # images this small (4x4) take `_winograd_batch_last` (at 8x8 parity grids are faster)
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
 _winograd_lock = threading.Lock()
 
@@ -283,10 +287,16 @@ def winograd_kernel(weight):
 
 
 def conv3x3_winograd(x, weight, bias=None):
-    """conv2d(x, weight, bias, padding=1) for 3x3 kernels and even H, W, by Winograd F(2x2, 3x3)."""
+    """conv2d(x, weight, bias, padding=1) for 3x3 kernels and even H, W, by Winograd F(2x2, 3x3): on parity
+    grids, or for images of up to BATCH_LAST_PIXELS pixels with the batch as the last axis."""
     batch, _, height, width = x.shape
     kernel = winograd_kernel(weight)  # (16, O, C)
     y = np.empty((batch, kernel.shape[1], height, width), dtype=x.dtype)
+    if height * width <= BATCH_LAST_PIXELS:
+        step = max(1, WINOGRAD_TILES // (height // 2 * (width // 2)))  # whole images per block
+        shared_out(lambda start: _winograd_batch_last(x[start : start + step], kernel, y[start : start + step], bias),
+                   range(0, batch, step))
+        return y
 
     def block(images_rows):
         images, rows = images_rows
@@ -295,6 +305,45 @@ def conv3x3_winograd(x, weight, bias=None):
 
     shared_out(block, _blocks(batch, height // 2, width // 2 + 1, WINOGRAD_TILES))  # a spare tile per grid row
     return y
+
+
+def _winograd_batch_last(x, kernel, out, bias=None):
+    """out (n, O, H, W) = the Winograd F(2x2, 3x3) conv of x (n, C, H, W) (padding 1), computed on x moved to
+    (C, H, W, n). A 4x4 image has rows of 2 tiles: on (n, C, H, W) every transform pass would run along 2 or
+    3 floats, on (C, H, W, n) each runs along n images, and no spare tile is needed. Tile (a, b) is
+    padded[:, 2a : 2a+4, 2b : 2b+4]; one copy in (into the zero-padded buffer) and one out."""
+    n, channels, height, width = x.shape
+    t, s = height // 2, width // 2
+    padded = np.zeros((channels, height + 2, width + 2, n), dtype=x.dtype)
+    padded[:, 1:-1, 1:-1] = x.transpose(1, 2, 3, 0)  # (n, C, H, W) -> (C, H, W, n)
+    d0, d1, d2, d3 = (padded[:, i : i + 2 * t : 2] for i in range(4))  # tile row i: padded rows 2a + i
+    rows = np.empty((4, channels, t, width + 2, n), dtype=x.dtype)  # Bᵀ d
+    np.subtract(d0, d2, out=rows[0])
+    np.add(d1, d2, out=rows[1])
+    np.subtract(d2, d1, out=rows[2])
+    np.subtract(d1, d3, out=rows[3])
+    e0, e1, e2, e3 = (rows[:, :, :, j : j + 2 * s : 2] for j in range(4))  # tile column j: padded columns 2b + j
+    tiles = np.empty((4, 4, channels, t, s, n), dtype=x.dtype)  # (Bᵀ d) B
+    np.subtract(e0, e2, out=tiles[:, 0])
+    np.add(e1, e2, out=tiles[:, 1])
+    np.subtract(e2, e1, out=tiles[:, 2])
+    np.subtract(e1, e3, out=tiles[:, 3])
+    m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, t·s·n) -> (16, O, t·s·n)
+    if bias is not None:  # on m[1, 1]: its coefficient in Aᵀ m A is 1 for all four outputs
+        m[5] += bias[:, None]
+    m = m.reshape(4, 4, -1, t, s, n)
+    sums = np.empty((2, 4) + m.shape[2:], dtype=x.dtype)  # Aᵀ m: rows 0, 1
+    np.add(m[0], m[1], out=sums[0])
+    sums[0] += m[2]
+    np.subtract(m[1], m[2], out=sums[1])
+    sums[1] -= m[3]
+    y = np.empty((m.shape[2], t, 2, s, 2, n), dtype=x.dtype)  # (Aᵀ m) A as (O, a, p, b, q, n): pixel (2a+p, 2b+q)
+    for p in range(2):
+        np.add(sums[p, 0], sums[p, 1], out=y[:, :, p, :, 0])
+        y[:, :, p, :, 0] += sums[p, 2]
+        np.subtract(sums[p, 1], sums[p, 2], out=y[:, :, p, :, 1])
+        y[:, :, p, :, 1] -= sums[p, 3]
+    out[...] = y.reshape(-1, height, width, n).transpose(3, 0, 1, 2)  # (O, H, W, n) -> (n, O, H, W)
 
 
 def _parity_grids(x, top, bottom):
