@@ -54,7 +54,8 @@ def main():
     for name, label in (("_im2col", "conv2d: im2col copies"),
                         ("_downsample_im2col", "conv2d: downsampling im2col (grids included)"),
                         ("_parity_grids", "conv2d: parity grids (padding included)"),
-                        ("_winograd_block", "conv2d: Winograd on parity grids (products included)")):
+                        ("_winograd_block", "conv2d: Winograd on parity grids (products included)"),
+                        ("_winograd_batch_last", "conv2d: Winograd of 4x4 images, batch last (products included)")):
         timed(fastops, name, label)
     _, unet = models(args.arch)
     x = np.random.default_rng(0).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)

@@ -225,6 +225,16 @@ def test_winograd_on_parity_grids_matches_the_plain_product_for_any_block_size(s
     np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
 
 
+@pytest.mark.parametrize("chunk", [1, 5000, 1 << 16])
+def test_fast_attention_reads_strided_heads_in_place_and_lays_its_output_out_for_merging(chunk, monkeypatch):
+    """The UNet's heads: (B, heads, HW, d) views of (B, HW, heads·d) tokens, as `unet.attention_block` makes them."""
+    monkeypatch.setattr(fastattn, "ATTENTION_CHUNK", chunk)
+    q, k, v = (randn(3, 16, 4 * 8).reshape(3, 16, 4, 8).swapaxes(1, 2) for _ in range(3))  # 4 heads of 8
+    out = fastattn.attention(q, k, v)
+    np.testing.assert_allclose(out, nn.attention(q, k, v, fast=False), atol=5e-6)
+    assert out.swapaxes(1, 2).flags.c_contiguous  # (B, HW, heads, d): merging the heads is a free reshape
+
+
 @pytest.mark.parametrize("shape", [(3, 16, 4, 4), (2, 16, 6, 8), (4, 20, 2, 4)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_winograd_with_the_batch_last_matches_the_plain_product(shape, with_bias):
