@@ -30,11 +30,11 @@ import time
 
 
 def winograd_kernel_channels_last(weight):
-    """U = G g Gᵀ of each 3x3 kernel g (`fastops.winograd_kernel`), as (16, C, O) for the products
+    """U = G g Gᵀ of each 3x3 kernel g (`winograd.winograd_kernel`), as (16, C, O) for the products
     (tiles, C) @ (C, O)."""
     import numpy as np
 
-    from tinyddim.fastops import winograd_kernel
+    from tinyddim.winograd import winograd_kernel
 
     return np.ascontiguousarray(winograd_kernel(weight).transpose(0, 2, 1))  # (16, O, C) -> (16, C, O)
 
@@ -97,20 +97,20 @@ def winograd_calls(unet, batch):
 
     import numpy as np
 
-    import tinyddim.fastops as fastops
+    import tinyddim.winograd as winograd
     from tinyddim.unet import unet_forward
 
-    calls, winograd = collections.Counter(), fastops.conv3x3_winograd
+    calls, conv = collections.Counter(), winograd.conv3x3_winograd
 
     def recorded(x, weight, bias=None):
         calls[(x.shape, weight.shape)] += 1
-        return winograd(x, weight, bias)
+        return conv(x, weight, bias)
 
-    fastops.conv3x3_winograd = recorded
+    winograd.conv3x3_winograd = recorded
     try:
         unet_forward(unet.params, unet.config, np.zeros((batch,) + unet.sample_shape, np.float32), 500)
     finally:
-        fastops.conv3x3_winograd = winograd
+        winograd.conv3x3_winograd = conv
     return calls
 
 
@@ -127,7 +127,7 @@ def main():
     import numpy as np
     import torch
 
-    from tinyddim import fastops, nn
+    from tinyddim import nn, winograd
     from tinyddim.parallel import cpu_threads
 
     machine_section(args)
@@ -148,7 +148,7 @@ def main():
         error = np.abs(conv3x3_channels_last(x_last, kernel, bias).transpose(0, 3, 1, 2) - expected).max()
         assert error < 1e-4, f"channels-last Winograd differs from nn.conv2d by {error:.1e} at {shape}"
         x_torch, weight_torch, bias_torch = (torch.from_numpy(a) for a in (x, weight, bias))
-        runs = [lambda: fastops.conv3x3_winograd(x, weight, bias),
+        runs = [lambda: winograd.conv3x3_winograd(x, weight, bias),
                 lambda: conv3x3_channels_last(x_last, kernel, bias),
                 lambda: torch.nn.functional.conv2d(x_torch, weight_torch, bias_torch, padding=1)]
         medians = []

@@ -20,8 +20,8 @@ OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_nearest"
 
 
 def load_base_ops(revision):
-    """tinyddim/nn.py (and its speed-ups, tinyddim/fastops.py and fastattn.py, where the revision has them) at
-    `revision`, imported as modules of their own."""
+    """tinyddim/nn.py (and its speed-ups, tinyddim/fastops.py, fastattn.py and winograd.py, where the revision
+    has them) at `revision`, imported as modules of their own."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def load(name, source):  # its other imports are the working tree's
@@ -43,6 +43,9 @@ def load_base_ops(revision):
         source = show(f"tinyddim/{name}.py")
         if source is not None and hasattr(base_nn, name):
             setattr(base_nn, name, load(f"base_{name}", source))
+    source = show("tinyddim/winograd.py")  # the Winograd conv, in a file of its own since 2026-12
+    if source is not None and hasattr(getattr(base_nn, "fastops", None), "winograd"):
+        base_nn.fastops.winograd = load("base_winograd", source)
     return base_nn
 
 

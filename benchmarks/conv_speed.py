@@ -57,13 +57,13 @@ def products_alone(x_shape, w_shape, stride, padding, rng):
     """A callable running only the matrix products of tinyddim's conv2d path for this call."""
     import numpy as np
 
-    from tinyddim import fastops
+    from tinyddim import winograd
 
     batch, channels, height, width = x_shape
     out_channels, _, kh, kw = w_shape
     random = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     x, weight = np.empty(x_shape, np.float32), np.empty(w_shape, np.float32)
-    if fastops._winograd_applies(x, weight, stride, padding):
+    if winograd.applies(x, weight, stride, padding):
         tile_count = batch * height // 2 * (width // 2 + 1)  # the parity grids have one spare tile per row
         kernel, tiles = random(16, out_channels, channels), random(16, channels, tile_count)
         return lambda: kernel @ tiles  # (16, O, C) @ (16, C, tiles)

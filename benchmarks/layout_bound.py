@@ -33,7 +33,7 @@ def main():
     set_threads(args.threads)
     import numpy as np
 
-    import tinyddim.fastops as fastops
+    import tinyddim.winograd as winograd
 
     grids = {}
 
@@ -43,19 +43,19 @@ def main():
             grids[shape] = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         return grids[shape]
 
-    source = inspect.getsource(fastops._winograd_block)
+    source = inspect.getsource(winograd._winograd_block)
     assert "    for p in range(2):" in source, "the scatter loop of _winograd_block has changed"
-    namespace = dict(vars(fastops))
+    namespace = dict(vars(winograd))
     exec(source[: source.index("    for p in range(2):")], namespace)  # the block without its scatter
-    variants = {"as it is": (fastops._parity_grids, fastops._winograd_block),
-                "no split": (ready_grids, fastops._winograd_block),
+    variants = {"as it is": (winograd.parity_grids, winograd._winograd_block),
+                "no split": (ready_grids, winograd._winograd_block),
                 "no split, no scatter": (ready_grids, namespace["_winograd_block"])}
     _, unet = models("bundled")
     x = np.random.default_rng(0).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)
 
     def forward_with(split, block):
         def run():
-            fastops._parity_grids, fastops._winograd_block = split, block
+            winograd.parity_grids, winograd._winograd_block = split, block
             unet(x, 500)
         return run
 
@@ -64,7 +64,7 @@ def main():
     print(f"bundled forward, batch {args.batch}, {args.threads} threads, CPU clock, {args.rounds} rounds:")
     for name, bucket in zip(variants, times):
         print(f"  {name:22s} median {show(spread(bucket))}")
-    fastops._parity_grids, fastops._winograd_block = variants["as it is"]
+    winograd.parity_grids, winograd._winograd_block = variants["as it is"]
     parity_order_copies(unet, x, args.rounds)
 
 
@@ -74,16 +74,18 @@ def parity_order_copies(unet, x, rounds):
     import numpy as np
     from unet_speed import round_times, spread
 
-    import tinyddim.fastops as fastops
+    import tinyddim.parallel as parallel
+    import tinyddim.winograd as winograd
 
-    convs, winograd = [], fastops.conv3x3_winograd
+    convs, conv = [], winograd.conv3x3_winograd
     def recorded(h, weight, bias=None):
-        convs.append((h.shape, len(weight)))
-        return winograd(h, weight, bias)
+        if h.shape[2] * h.shape[3] > winograd.BATCH_LAST_PIXELS:  # 4x4 images take the batch-last path: no grids
+            convs.append((h.shape, len(weight)))
+        return conv(h, weight, bias)
 
-    fastops.conv3x3_winograd = recorded
+    winograd.conv3x3_winograd = recorded
     unet(x, 500)
-    fastops.conv3x3_winograd = winograd
+    winograd.conv3x3_winograd = conv
     totals = dict.fromkeys(("split", "split from parity order", "scatter", "scatter into parity order"), 0.0)
     for shape, out_channels in convs:
         batch, channels, height, width = shape
@@ -93,8 +95,8 @@ def parity_order_copies(unet, x, rounds):
         y = np.ones((2, 2, out_channels, batch, t, s + 1), dtype=np.float32)  # a block's outputs, by parity
         out = np.empty((batch, out_channels, height, width), np.float32)
         out_ordered = np.empty((batch, out_channels, 2, 2, t, s), np.float32)
-        blocks = [images for images, _ in fastops._blocks(batch, t, s + 1, fastops.WINOGRAD_TILES)]
-        assert np.array_equal(fastops._parity_grids(h[blocks[0]], -1, height + 1), _grids_from_ordered(ordered[blocks[0]]))
+        blocks = [images for images, _ in parallel.blocks(batch, t, s + 1, winograd.WINOGRAD_TILES)]
+        assert np.array_equal(winograd.parity_grids(h[blocks[0]], -1, height + 1), _grids_from_ordered(ordered[blocks[0]]))
 
         def scatter(target):  # target(images, p, q): the (n, O, t, s) view that outputs of parity (p, q) go to
             for images in blocks:
@@ -102,7 +104,7 @@ def parity_order_copies(unet, x, rounds):
                     for q in range(2):
                         target(images, p, q)[...] = y[p, q, :, : images.stop - images.start, :, :s].transpose(1, 0, 2, 3)
 
-        runs = {"split": lambda: [fastops._parity_grids(h[i], -1, height + 1) for i in blocks],
+        runs = {"split": lambda: [winograd.parity_grids(h[i], -1, height + 1) for i in blocks],
                 "split from parity order": lambda: [_grids_from_ordered(ordered[i]) for i in blocks],
                 "scatter": lambda: scatter(lambda i, p, q: out[i, :, p::2, q::2]),
                 "scatter into parity order": lambda: scatter(lambda i, p, q: out_ordered[i, :, p, q])}
@@ -114,7 +116,7 @@ def parity_order_copies(unet, x, rounds):
 
 
 def _grids_from_ordered(ordered):
-    """`fastops._parity_grids` of a whole image block, from activations already in parity order (n, C, 2p, 2q,
+    """`winograd.parity_grids` of a whole image block, from activations already in parity order (n, C, 2p, 2q,
     t, s): padded row 2a + p is row 2a + p − 1 of the image, i.e. grid row a − 1 + p of image parity 1 − p."""
     import numpy as np
 

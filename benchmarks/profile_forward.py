@@ -34,6 +34,7 @@ def main():
 
     import tinyddim.fastops as fastops
     import tinyddim.unet as unet_module
+    import tinyddim.winograd as winograd
 
     totals = collections.Counter()
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -51,12 +52,13 @@ def main():
 
     for name in ("conv2d", "group_norm", "silu", "attention", "linear", "upsample_nearest"):
         timed(unet_module, name, name)
-    for name, label in (("_im2col", "conv2d: im2col copies"),
-                        ("_downsample_im2col", "conv2d: downsampling im2col (grids included)"),
-                        ("_parity_grids", "conv2d: parity grids (padding included)"),
-                        ("_winograd_block", "conv2d: Winograd on parity grids (products included)"),
-                        ("_winograd_batch_last", "conv2d: Winograd of 4x4 images, batch last (products included)")):
-        timed(fastops, name, label)
+    for module, name, label in ((fastops, "_im2col", "conv2d: im2col copies"),
+                                (fastops, "_downsample_im2col", "conv2d: downsampling im2col (grids included)"),
+                                (winograd, "parity_grids", "conv2d: parity grids (padding included)"),
+                                (winograd, "_winograd_block", "conv2d: Winograd on parity grids (products included)"),
+                                (winograd, "_winograd_batch_last",
+                                 "conv2d: Winograd of 4x4 images, batch last (products included)")):
+        timed(module, name, label)
     _, unet = models(args.arch)
     x = np.random.default_rng(0).standard_normal((args.batch,) + unet.sample_shape, dtype=np.float32)
     unet(x, 500)

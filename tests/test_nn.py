@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tinyddim import fastattn, fastops, nn
+from tinyddim import fastattn, fastops, nn, winograd
 
 rng = None  # each test's own generator, set by `seeded` below
 
@@ -162,30 +162,30 @@ def test_silu_in_place_overwrites_its_input_with_the_same_values():
 @pytest.mark.parametrize("shape", [(2, 16, 16, 16), (1, 17, 16, 20), (3, 16, 18, 16)])
 @pytest.mark.parametrize("tiles", [1, 7, 256])
 def test_winograd_3x3_conv_matches_the_naive_loop_for_any_block_size(shape, tiles, monkeypatch):
-    monkeypatch.setattr(fastops, "WINOGRAD_TILES", tiles)
+    monkeypatch.setattr(winograd, "WINOGRAD_TILES", tiles)
     x, weight, bias = randn(*shape), randn(16, shape[1], 3, 3), randn(16)
-    assert fastops._winograd_applies(x, weight, 1, 1)
+    assert winograd.applies(x, weight, 1, 1)
     expected = naive_conv2d(x, weight, bias, 1, (1, 1, 1, 1))
-    np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-5)
+    np.testing.assert_allclose(winograd.conv3x3_winograd(x, weight, bias), expected, atol=2e-5)
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), expected, atol=2e-5)
 
 
 def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
     weight = randn(4, 3, 3, 3)
-    first = fastops.winograd_kernel(weight)
-    assert fastops.winograd_kernel(weight) is first and id(weight) in fastops._winograd_kernels
+    first = winograd.winograd_kernel(weight)
+    assert winograd.winograd_kernel(weight) is first and id(weight) in winograd._winograd_kernels
     key = id(weight)
     del weight
-    assert key not in fastops._winograd_kernels
+    assert key not in winograd._winograd_kernels
 
 
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
     weight = randn(16, 16, 3, 3)
     for x, stride, padding in ((randn(1, 16, 17, 16), 1, 1), (randn(1, 16, 16, 16), 2, 1),
                                (randn(1, 16, 2, 2), 1, 1), (randn(1, 16, 16, 16), 1, 0)):
-        assert not fastops._winograd_applies(x, weight, stride, padding)
-    assert not fastops._winograd_applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
-    assert not fastops._winograd_applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
+        assert not winograd.applies(x, weight, stride, padding)
+    assert not winograd.applies(randn(1, 1, 16, 16), np.empty((512, 256, 3, 3), np.float32), 1, 1)
+    assert not winograd.applies(randn(1, 3, 16, 16), randn(16, 3, 3, 3), 1, 1)  # too few channels
 
 
 @pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((2, 3), (0, 1, 1, 0)), ((3, 3), 0)])
@@ -219,10 +219,10 @@ def test_fast_attention_matches_the_plain_op_over_many_small_heads_and_large_sco
 @pytest.mark.parametrize("shape,tiles", [((2, 16, 8, 8), 1), ((3, 20, 4, 6), 7), ((1, 16, 16, 20), 256),
                                          ((1, 136, 20, 40), 50)])  # 136 channels, in bands of 2 tile rows
 def test_winograd_on_parity_grids_matches_the_plain_product_for_any_block_size(shape, tiles, monkeypatch):
-    monkeypatch.setattr(fastops, "WINOGRAD_TILES", tiles)
+    monkeypatch.setattr(winograd, "WINOGRAD_TILES", tiles)
     x, weight, bias = randn(*shape), randn(24, shape[1], 3, 3), randn(24)
     expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
-    np.testing.assert_allclose(fastops.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
+    np.testing.assert_allclose(winograd.conv3x3_winograd(x, weight, bias), expected, atol=2e-4)  # measured 2.3e-5
 
 
 @pytest.mark.parametrize("chunk", [1, 5000, 1 << 16])
@@ -242,15 +242,15 @@ def test_winograd_with_the_batch_last_matches_the_plain_product(shape, with_bias
     bias = randn(24) if with_bias else None
     expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
     out = np.full((shape[0] + 1, 24) + shape[2:], np.nan, dtype=np.float32)
-    fastops._winograd_batch_last(x, fastops.winograd_kernel(weight), out[1:], bias)  # into a view
+    winograd._winograd_batch_last(x, winograd.winograd_kernel(weight), out[1:], bias)  # into a view
     np.testing.assert_allclose(out[1:], expected, atol=2e-4)  # measured up to 2e-5 (outputs up to ~40)
     assert np.isnan(out[0]).all()
 
 
 def test_winograd_of_4x4_images_takes_the_batch_last_path_in_blocks_of_images(monkeypatch):
-    monkeypatch.setattr(fastops, "WINOGRAD_TILES", 8)  # 2 images of 4 tiles per block: 5 images in 3 blocks
-    blocks, batch_last = [], fastops._winograd_batch_last
-    monkeypatch.setattr(fastops, "_winograd_batch_last", lambda x, *rest: blocks.append(len(x)) or batch_last(x, *rest))
+    monkeypatch.setattr(winograd, "WINOGRAD_TILES", 8)  # 2 images of 4 tiles per block: 5 images in 3 blocks
+    blocks, batch_last = [], winograd._winograd_batch_last
+    monkeypatch.setattr(winograd, "_winograd_batch_last", lambda x, *rest: blocks.append(len(x)) or batch_last(x, *rest))
     x, weight, bias = randn(5, 16, 4, 4), randn(16, 16, 3, 3), randn(16)
     expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), expected, atol=2e-4)  # measured 1e-5
@@ -261,17 +261,17 @@ def test_winograd_of_4x4_images_takes_the_batch_last_path_in_blocks_of_images(mo
 def test_parity_grids_split_the_zero_padded_rows_by_parity(top, bottom):
     x = randn(2, 3, 8, 6)
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, top + 1 : bottom + 1]  # rows top..bottom−1
-    par = fastops._parity_grids(x, top, bottom)
+    par = winograd.parity_grids(x, top, bottom)
     for p in range(2):
         for q in range(2):
             np.testing.assert_array_equal(par[p, q], padded[:, :, p::2, q::2].transpose(1, 0, 2, 3))
 
 
 def test_winograd_covers_small_images_only_with_few_channels():
-    assert fastops._winograd_applies(randn(1, 64, 4, 4), randn(64, 64, 3, 3), 1, 1)  # the bundled model's 4x4
-    assert fastops._winograd_applies(randn(1, 128, 8, 8), randn(64, 128, 3, 3), 1, 1)
-    assert not fastops._winograd_applies(randn(1, 256, 8, 8), randn(256, 256, 3, 3), 1, 1)  # cifar10's 8x8
-    assert fastops._winograd_applies(randn(1, 256, 16, 16), randn(256, 256, 3, 3), 1, 1)
+    assert winograd.applies(randn(1, 64, 4, 4), randn(64, 64, 3, 3), 1, 1)  # the bundled model's 4x4
+    assert winograd.applies(randn(1, 128, 8, 8), randn(64, 128, 3, 3), 1, 1)
+    assert not winograd.applies(randn(1, 256, 8, 8), randn(256, 256, 3, 3), 1, 1)  # cifar10's 8x8
+    assert winograd.applies(randn(1, 256, 16, 16), randn(256, 256, 3, 3), 1, 1)
 
 
 @pytest.mark.parametrize("chunk", [1, 100, 1 << 16])

@@ -18,6 +18,9 @@ def test_readme_states_the_sampler_and_unet_sizes_within_ten_percent():
     assert abs(lines("tinyddim/unet.py", "tinyddim/nn.py") - unet) <= 0.1 * unet
     fast = int(re.search(r"speed-ups \(`tinyddim/fastops.py`\)\s+are about (\d+) lines", readme).group(1))
     assert abs(lines("tinyddim/fastops.py") - fast) <= 0.1 * fast
+    for path in ("winograd", "fastattn"):
+        stated = int(re.search(rf"\(`tinyddim/{path}.py`\)\s+(\d+)", readme).group(1))
+        assert abs(lines(f"tinyddim/{path}.py") - stated) <= 0.1 * stated, path
     threads = int(re.search(r"threads\s+\(`tinyddim/parallel.py`\) (\d+)\.", readme).group(1))
     assert abs(lines("tinyddim/parallel.py") - threads) <= 0.1 * threads
 

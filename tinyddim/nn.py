@@ -4,9 +4,10 @@ Weights come in as `weight`/`bias` keywords, so the UNet writes `conv2d(h, **p["
 `p` a branch of the checkpoint's params tree. Arrays are float32 and NCHW, as in PyTorch; every op works on
 any array module (`xp = get_array_module(x)`), and the tests check each against a naive loop.
 
-Speed-ups live beside these in `fastops.py` (Winograd, blocked im2col, in-place SiLU, group norm in
-chunks) and `fastattn.py` (many small attention heads): `conv2d`, `silu`, `group_norm` and `attention`
-hand off to them in one visible line, and the tests check the fast ops against the plain ones here.
+Speed-ups live beside these in `fastops.py` (blocked im2col, in-place SiLU, group norm in chunks, with
+the Winograd 3x3 conv in `winograd.py`) and `fastattn.py` (many small attention heads): `conv2d`, `silu`,
+`group_norm` and `attention` hand off to them in one visible line, and the tests check the fast ops against
+the plain ones here.
 """
 
 import math
@@ -58,7 +59,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, fast=True):
     `padding` is an int (zeros on all sides) or (top, bottom, left, right). fast=False always runs it.
     """
     if fast and fastops.applies(x, weight, stride):
-        return fastops.conv2d(x, weight, bias, stride, padding)  # Winograd, blocks: tinyddim/fastops.py
+        return fastops.conv2d(x, weight, bias, stride, padding)  # blocks, Winograd: tinyddim/fastops.py
     x = pad2d(x, padding)
     batch, _, height, width = x.shape
     out_channels, _, kh, kw = weight.shape

@@ -91,3 +91,17 @@ def _share(fn, items, threads):
 
     with _lock, _controller().limit(limits=1, user_api="blas"):
         return list(_pool(threads).map(run, items))
+
+
+def blocks(batch, out_h, floats_per_row, budget):
+    """(images, rows) slices that cover an op's output (B images of out_h rows), each needing at most
+    ~`budget` floats of scratch at `floats_per_row` per output row: whole images, several at once where they
+    fit, else bands of rows of one image. The blocks of a conv (`fastops`, `winograd`), shared out."""
+    rows_per_block = max(1, budget // floats_per_row)
+    if rows_per_block >= out_h:  # whole images fit: take several at once
+        step = rows_per_block // out_h
+        return [(slice(b, min(b + step, batch)), slice(0, out_h)) for b in range(0, batch, step)]
+    bands = -(-out_h // rows_per_block)
+    rows_per_block = -(-out_h // bands)  # bands of equal height
+    return [(slice(b, b + 1), slice(r, min(r + rows_per_block, out_h)))
+            for b in range(batch) for r in range(0, out_h, rows_per_block)]
