@@ -56,38 +56,28 @@ def _block(x, kernel, bias, out):
     """out (n, H, W, O) = the Winograd conv of x (n, H, W, C): tile (a, b) is padded[2a : 2a+4, 2b : 2b+4]."""
     import numpy as np
 
+    from tinyddim.winograd import transform_input, transform_output
+
     n, height, width, channels = x.shape
     t, s = height // 2, width // 2
     padded = np.zeros((n, height + 2, width + 2, channels), dtype=x.dtype)
     padded[:, 1:-1, 1:-1] = x
     d0, d1, d2, d3 = (padded[:, i : i + 2 * t : 2] for i in range(4))  # tile row i: padded rows 2a + i
     rows = np.empty((4, n, t, width + 2, channels), dtype=x.dtype)  # Bᵀ d
-    np.subtract(d0, d2, out=rows[0])
-    np.add(d1, d2, out=rows[1])
-    np.subtract(d2, d1, out=rows[2])
-    np.subtract(d1, d3, out=rows[3])
+    transform_input(d0, d1, d2, d3, rows)
     pairs = rows.reshape(4, n, t, s + 1, 2, channels)  # padded column 2b + j is pairs[..., b + j//2, j%2, :]
     c0, c1, c2, c3 = pairs[:, :, :, :s, 0], pairs[:, :, :, :s, 1], pairs[:, :, :, 1:, 0], pairs[:, :, :, 1:, 1]
     tiles = np.empty((4, 4, n, t, s, channels), dtype=x.dtype)  # (Bᵀ d) B
-    np.subtract(c0, c2, out=tiles[:, 0])
-    np.add(c1, c2, out=tiles[:, 1])
-    np.subtract(c2, c1, out=tiles[:, 2])
-    np.subtract(c1, c3, out=tiles[:, 3])
+    transform_input(c0, c1, c2, c3, tiles.swapaxes(0, 1))  # into tiles[:, j]
     m = tiles.reshape(16, -1, channels) @ kernel  # (16, n·t·s, C) @ (16, C, O) -> (16, n·t·s, O)
     if bias is not None:  # on m[1, 1]: its coefficient in Aᵀ m A is 1 for all four outputs
         m[5] += bias
     m = m.reshape(4, 4, n, t, s, -1)
     sums = np.empty((2, 4) + m.shape[2:], dtype=x.dtype)  # Aᵀ m
-    np.add(m[0], m[1], out=sums[0])
-    sums[0] += m[2]
-    np.subtract(m[1], m[2], out=sums[1])
-    sums[1] -= m[3]
+    transform_output(m[0], m[1], m[2], m[3], sums)
     outputs = out.reshape(n, t, 2, s, 2, -1)  # out[:, 2a + p, 2b + q] = outputs[:, a, p, b, q]
     for p in range(2):  # (Aᵀ m) A, straight into the output: runs of O floats
-        np.add(sums[p, 0], sums[p, 1], out=outputs[:, :, p, :, 0])
-        outputs[:, :, p, :, 0] += sums[p, 2]
-        np.subtract(sums[p, 1], sums[p, 2], out=outputs[:, :, p, :, 1])
-        outputs[:, :, p, :, 1] -= sums[p, 3]
+        transform_output(sums[p, 0], sums[p, 1], sums[p, 2], sums[p, 3], np.moveaxis(outputs[:, :, p], 3, 0))
 
 
 def winograd_calls(unet, batch):

@@ -80,6 +80,24 @@ def conv3x3_winograd(x, weight, bias=None):
     return y
 
 
+def transform_input(d0, d1, d2, d3, out):
+    """Bᵀ along one axis of the tiles: from views d_i of their rows (or columns) i = 0..3 into the views
+    out[0..3]: d0 − d2, d1 + d2, d2 − d1, d1 − d3."""
+    np.subtract(d0, d2, out=out[0])
+    np.add(d1, d2, out=out[1])
+    np.subtract(d2, d1, out=out[2])
+    np.subtract(d1, d3, out=out[3])
+
+
+def transform_output(m0, m1, m2, m3, out):
+    """Aᵀ along one axis: from views m_i of rows (or columns) i = 0..3 of the products into out[0..1]:
+    m0 + m1 + m2, m1 − m2 − m3."""
+    np.add(m0, m1, out=out[0])
+    np.add(out[0], m2, out=out[0])
+    np.subtract(m1, m2, out=out[1])
+    np.subtract(out[1], m3, out=out[1])
+
+
 def _winograd_batch_last(x, kernel, out, bias=None):
     """out (n, O, H, W) = the Winograd F(2x2, 3x3) conv of x (n, C, H, W) (padding 1), computed on x moved to
     (C, H, W, n). A 4x4 image has rows of 2 tiles: on (n, C, H, W) every transform pass would run along 2 or
@@ -91,31 +109,18 @@ def _winograd_batch_last(x, kernel, out, bias=None):
     padded[:, 1:-1, 1:-1] = x.transpose(1, 2, 3, 0)  # (n, C, H, W) -> (C, H, W, n)
     d0, d1, d2, d3 = (padded[:, i : i + 2 * t : 2] for i in range(4))  # tile row i: padded rows 2a + i
     rows = np.empty((4, channels, t, width + 2, n), dtype=x.dtype)  # Bᵀ d
-    np.subtract(d0, d2, out=rows[0])
-    np.add(d1, d2, out=rows[1])
-    np.subtract(d2, d1, out=rows[2])
-    np.subtract(d1, d3, out=rows[3])
+    transform_input(d0, d1, d2, d3, rows)
     e0, e1, e2, e3 = (rows[:, :, :, j : j + 2 * s : 2] for j in range(4))  # tile column j: padded columns 2b + j
     tiles = np.empty((4, 4, channels, t, s, n), dtype=x.dtype)  # (Bᵀ d) B
-    np.subtract(e0, e2, out=tiles[:, 0])
-    np.add(e1, e2, out=tiles[:, 1])
-    np.subtract(e2, e1, out=tiles[:, 2])
-    np.subtract(e1, e3, out=tiles[:, 3])
+    transform_input(e0, e1, e2, e3, tiles.swapaxes(0, 1))  # into tiles[:, j]
     m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, t·s·n) -> (16, O, t·s·n)
     if bias is not None:  # on m[1, 1]: its coefficient in Aᵀ m A is 1 for all four outputs
         m[5] += bias[:, None]
     m = m.reshape(4, 4, -1, t, s, n)
     sums = np.empty((2, 4) + m.shape[2:], dtype=x.dtype)  # Aᵀ m: rows 0, 1
-    np.add(m[0], m[1], out=sums[0])
-    sums[0] += m[2]
-    np.subtract(m[1], m[2], out=sums[1])
-    sums[1] -= m[3]
+    transform_output(m[0], m[1], m[2], m[3], sums)
     y = np.empty((m.shape[2], t, 2, s, 2, n), dtype=x.dtype)  # (Aᵀ m) A as (O, a, p, b, q, n): pixel (2a+p, 2b+q)
-    for p in range(2):
-        np.add(sums[p, 0], sums[p, 1], out=y[:, :, p, :, 0])
-        y[:, :, p, :, 0] += sums[p, 2]
-        np.subtract(sums[p, 1], sums[p, 2], out=y[:, :, p, :, 1])
-        y[:, :, p, :, 1] -= sums[p, 3]
+    transform_output(sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3], y.transpose(4, 2, 0, 1, 3, 5))  # into y[.., p, :, q]
     out[...] = y.reshape(-1, height, width, n).transpose(3, 0, 1, 2)  # (O, H, W, n) -> (n, O, H, W)
 
 
@@ -152,32 +157,20 @@ def _winograd_block(par, kernel, out, bias=None):
     below = par[0, :, :, :, 1:]  # parity-0 rows a + 1: tile row 2
     odd_below = par[1, :, :, :, 1:]  # parity-1 rows a + 1: tile row 3
     rows = np.empty((4, 2, channels, n, t, s + 1), dtype=par.dtype)  # Bᵀ d: rows 0..3, for each column parity
-    np.subtract(even, below, out=rows[0])  # d0 − d2
-    np.add(odd, below, out=rows[1])  # d1 + d2
-    np.subtract(below, odd, out=rows[2])  # d2 − d1
-    np.subtract(odd, odd_below, out=rows[3])  # d1 − d3
+    transform_input(even, odd, below, odd_below, rows)
     flat = rows.reshape(4, 2, -1)  # (4, 2q, C·n·t·(s+1)): column j of tile (a, b) is flat[:, j%2, f + j//2]
     size = flat.shape[-1]
     tiles = np.empty((4, 4, size), dtype=par.dtype)  # (Bᵀ d) B
     tiles[:, :, -1] = 0  # the last grid column: an unused tile
-    np.subtract(flat[:, 0, :-1], flat[:, 0, 1:], out=tiles[:, 0, :-1])
-    np.add(flat[:, 1, :-1], flat[:, 0, 1:], out=tiles[:, 1, :-1])
-    np.subtract(flat[:, 0, 1:], flat[:, 1, :-1], out=tiles[:, 2, :-1])
-    np.subtract(flat[:, 1, :-1], flat[:, 1, 1:], out=tiles[:, 3, :-1])
+    transform_input(flat[:, 0, :-1], flat[:, 1, :-1], flat[:, 0, 1:], flat[:, 1, 1:], tiles[:, :, :-1].swapaxes(0, 1))
     m = kernel @ tiles.reshape(16, channels, -1)  # (16, O, C) @ (16, C, n·t·(s+1)) -> (16, O, n·t·(s+1))
     if bias is not None:  # on m[1, 1] only: A[1, p] A[1, q] = 1, so it reaches all four outputs of Aᵀ m A
         m[5] += bias[:, None]
     m = m.reshape(4, 4, -1)
     sums = np.empty((2, 4, m.shape[-1]), dtype=par.dtype)  # Aᵀ m: rows 0, 1
-    np.add(m[0], m[1], out=sums[0])
-    sums[0] += m[2]
-    np.subtract(m[1], m[2], out=sums[1])
-    sums[1] -= m[3]
+    transform_output(m[0], m[1], m[2], m[3], sums)
     y = np.empty((2, 2, m.shape[-1]), dtype=par.dtype)  # (Aᵀ m) A: the 2x2 outputs, by parity
-    np.add(sums[:, 0], sums[:, 1], out=y[:, 0])
-    y[:, 0] += sums[:, 2]
-    np.subtract(sums[:, 1], sums[:, 2], out=y[:, 1])
-    y[:, 1] -= sums[:, 3]
+    transform_output(sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3], y.swapaxes(0, 1))  # into y[:, q]
     y = y.reshape(2, 2, -1, n, t, s + 1)  # (2p, 2q, O·n·t·(s+1)) -> (2p, 2q, O, n, t, s+1)
     for p in range(2):
         for q in range(2):
