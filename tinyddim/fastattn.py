@@ -3,8 +3,9 @@
 The bundled model attends with heads of 8 channels over 64 tokens (its 8x8 level), 8 heads per image: at
 batch 64 that is 512 tiny products, and the time goes into the passes over the (heads, tokens, tokens)
 scores (max, exp, sum, scale), not into the products. So the scores are made in chunks (of images, or of
-heads) that stay in cache (ATTENTION_CHUNK floats), each worked in place, and every pass that can run on a smaller array
-does: 1/√d is applied to q (d columns, not tokens²) and the softmax's division to the output (d_v columns).
+heads) that stay in cache (ATTENTION_CHUNK floats), each worked in place, and every pass that can run on a
+smaller array does: 1/√d is applied to q (d columns, not tokens²) and the softmax's division to the output
+(d_v columns).
 The softmax's sums need no pass of their own: v gets a column of ones, so the product e^S [v, 1] gives
 the weighted values and, in its last column, each row's Σ_j e^(S_ij).
 The usual shift by the row maximum (so that exp cannot overflow) is skipped where Cauchy–Schwarz bounds
@@ -42,7 +43,7 @@ def attention(q, k, v):
         if bounds[part].max() > 80:
             scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
-        np.matmul(scores, values[part], out=weighted[part])  # (n, ..., N, M) @ (n, ..., M, d_v + 1) -> (n, ..., N, d_v + 1)
+        np.matmul(scores, values[part], out=weighted[part])  # (n, ..., N, M) @ (n, ..., M, d_v + 1): e^S [v, 1]
     out = np.empty_like(q, shape=q.shape[:-1] + (d_v,), dtype=weighted.dtype)  # in q's layout
     np.divide(weighted[..., :d_v], weighted[..., d_v:], out=out)  # the softmax's normalisation, on d_v columns
     return out

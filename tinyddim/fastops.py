@@ -188,8 +188,8 @@ def group_norm(x, weight, bias, num_groups, eps):
     Σx and Σx² are a matrix-vector and a row-by-row product (a few times faster than NumPy's reductions
     along an axis), and x is never centred in memory. Σx²/N − μ² loses bits to cancellation where μ² ≫ σ²;
     where μ² ≤ σ² it loses at most one, and the other groups (rare in a UNet) get σ² again from their
-    centred values, so every group is as exact as a two-pass variance (`tests/test_nn.py` checks both
-    kinds against a float64 loop)."""
+    centred values, so no group loses its variance to rounding (`tests/test_nn.py` checks both kinds
+    against a float64 loop)."""
     batch, channels = x.shape[:2]
     rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
     size = rows.shape[1]
