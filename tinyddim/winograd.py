@@ -126,7 +126,7 @@ def _winograd_batch_last(x, kernel, out, bias=None):
 
 def parity_grids(x, top, bottom):
     """Rows top..bottom−1 of x (n, C, H, W), zero-padded by one pixel on every side, split by the parity of
-    row and column: par[p, q][:, :, a, b] = padded[top + 2a + p, 2b + q − 1] (padded rows −1 and H, columns
+    row and column: `par[p, q][:, :, a, b] = padded[top + 2a + p, 2b + q − 1]` (padded rows −1 and H, columns
     −1 and W are zeros), as (2p, 2q, C, n, (bottom−top)/2, W/2+1). Made straight from x into zeros: one
     strided copy per grid, no padded copy of x (rows of a few pixels make every extra pass costly)."""
     n, channels, height, width = x.shape
@@ -148,7 +148,7 @@ def _winograd_block(par, kernel, out, bias=None):
     from x's parity grids par (2p, 2q, C, n, t+1, s+1) (`parity_grids`), plus bias (O,) if given.
 
     The 4x4 tile of output block (a, b) is x[2a : 2a+4, 2b : 2b+4]. Split by the parity of row and column,
-    x becomes four grids par[p, q][a, b] = x[2a+p, 2b+q], and tile row i, column j is par[i%2, j%2] shifted
+    x becomes four grids `par[p, q][a, b] = x[2a+p, 2b+q]`, and tile row i, column j is par[i%2, j%2] shifted
     by (i//2, j//2): every transform is then a sum of whole shifted grids, long contiguous NumPy passes. The
     column shift runs along each flattened grid, so each grid row gets one extra (unused) tile, b = s.
     """
