@@ -11,8 +11,8 @@
     Winograd            3x3, stride 1, 16+ channels: Winograd F(2x2, 3x3), 16 products per 2x2 output block
                         instead of 36 (the bulk of the UNet's FLOPs), in its own file, `winograd.py`
     silu_inplace        SiLU over a buffer the caller owns, in cache-sized chunks: no second full-size array
-    group_norm          the sums Σx, Σx² as BLAS products (faster than NumPy's reductions), then one affine
-                        map per channel (no centred copy); its chunks shared out over the threads
+    group_norm          its formula on chunks of whole groups, the sums as BLAS products (faster than NumPy's
+                        reductions), the chunks shared out over the threads
 
 The blocks of a conv, and the chunks of SiLU and group_norm, are shared out over the CPU threads where the
 op does not already run in one slice of a batch (`parallel.shared_out`): one 256x256 image uses every core.
@@ -180,16 +180,10 @@ SILU_CHUNK = 1 << 16  # floats per chunk (256 KiB): the temporary stays in cache
 
 
 def group_norm(x, weight, bias, num_groups, eps):
-    """`nn.group_norm` on the CPU, on chunks of whole groups (about NORM_CHUNK floats) shared out over the
-    threads: each chunk's statistics from two BLAS products over x, then one affine map per channel.
-
-        μ_g = Σx / N,  σ²_g = Σx² / N − μ²_g,  a_c = γ_c / √(σ²_g + ε),  b_c = β_c − μ_g·a_c,  y = a_c·x + b_c
-
-    Σx and Σx² are a matrix-vector and a row-by-row product (a few times faster than NumPy's reductions
-    along an axis), and x is never centred in memory. Σx²/N − μ² loses bits to cancellation where μ² ≫ σ²;
-    where μ² ≤ σ² it loses at most one, and the other groups (rare in a UNet) get σ² again from their
-    centred values, so no group loses its variance to rounding (`tests/test_nn.py` checks both kinds
-    against a float64 loop)."""
+    """`nn.group_norm` on the CPU, its formula run on chunks of about NORM_CHUNK floats (whole groups),
+    shared out over the threads (one large image normalises on every core). The groups' sums and sums of
+    squares are BLAS products, a few times faster than NumPy's reductions along an axis and as exact
+    (`tests/test_nn.py` checks them against a float64 loop)."""
     batch, channels = x.shape[:2]
     rows = np.ascontiguousarray(x).reshape(batch * num_groups, -1)  # (B, C, H, W) -> (B·G, C/G·HW)
     size = rows.shape[1]
@@ -199,27 +193,18 @@ def group_norm(x, weight, bias, num_groups, eps):
     step = max(1, NORM_CHUNK // size)
 
     def chunk(start):
-        part = rows[start : start + step]  # (n, C/G·HW): n whole groups
-        mean = part @ ones / size  # μ_g
-        var = _row_dots(part) / size - mean * mean  # σ²_g = E[x²] − μ²_g
-        unsure = np.flatnonzero(mean * mean > var)
-        if len(unsure):  # more than one bit lost: σ²_g of the centred values (two passes)
-            var[unsure] = _row_dots(part[unsure] - mean[unsure, None]) / size
-        group = np.arange(start, start + len(part)) % num_groups  # the group of each row
-        scale = gamma[group] / np.sqrt(var + eps)[:, None]  # a_c: (n, C/G)
-        shift = beta[group] - mean[:, None] * scale  # b_c: (n, C/G)
-        planes = part.reshape(len(part), gamma.shape[1], -1)  # (n, C/G·HW) -> (n, C/G, HW)
-        target = out[start : start + step].reshape(planes.shape)
-        np.multiply(planes, scale[:, :, None], out=target)
-        target += shift[:, :, None]
+        part = slice(start, start + step)
+        centered = out[part]  # a view: normalised in place
+        np.subtract(rows[part], (rows[part] @ ones / size)[:, None], out=centered)  # x − μ_g
+        var = (centered[:, None] @ centered[:, :, None])[:, 0, 0] / size  # (n, 1, N) @ (n, N, 1) -> (n,): σ²_g
+        group = np.arange(start, start + len(centered)) % num_groups  # the group of each row
+        scale = gamma[group] / np.sqrt(var + eps)[:, None]  # (n, C/G)
+        target = centered.reshape(len(centered), gamma.shape[1], -1)  # (n, C/G, HW) view
+        target *= scale[:, :, None]
+        target += beta[group][:, :, None]
 
     shared_out(chunk, range(0, len(rows), step))
     return out.reshape(x.shape)
 
 
-def _row_dots(rows):
-    """Σ_j rows[i, j]² of each row, (n, N) -> (n,): a batch of (1, N) @ (N, 1) BLAS products."""
-    return (rows[:, None] @ rows[:, :, None])[:, 0, 0]  # (n, 1, N) @ (n, N, 1) -> (n, 1, 1)
-
-
-NORM_CHUNK = 1 << 20  # floats per chunk of group_norm (4 MiB): the bundled model's in one or two
+NORM_CHUNK = 1 << 18  # floats per chunk of group_norm (1 MiB)
