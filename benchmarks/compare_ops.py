@@ -38,15 +38,15 @@ def load_base_ops(revision):
         done = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, capture_output=True, text=True)
         return done.stdout if done.returncode == 0 else None
 
-    base_nn = load("base_nn", show("tinyddim/nn.py"))
-    for name in ("fastops", "fastattn"):  # its speed-ups, where the revision has them: nn looks them up per call
+    loaded = [load("base_nn", show("tinyddim/nn.py"))]
+    for name in ("fastops", "fastattn", "winograd"):  # its speed-ups, where the revision has them
         source = show(f"tinyddim/{name}.py")
-        if source is not None and hasattr(base_nn, name):
-            setattr(base_nn, name, load(f"base_{name}", source))
-    source = show("tinyddim/winograd.py")  # the Winograd conv, in a file of its own since 2026-12
-    if source is not None and hasattr(getattr(base_nn, "fastops", None), "winograd"):
-        base_nn.fastops.winograd = load("base_winograd", source)
-    return base_nn
+        users = [module for module in loaded if hasattr(module, name)]  # they look it up per call
+        if source is not None and users:
+            loaded.append(load(f"base_{name}", source))
+            for module in users:
+                setattr(module, name, loaded[-1])
+    return loaded[0]
 
 
 def main():

@@ -24,7 +24,8 @@ def test_compare_ops_loads_the_base_revisions_speed_ups():
     finally:
         sys.path.pop(0)
     base = compare_ops.load_base_ops("HEAD")
-    for name, ours, module in (("fastops", tinyddim.fastops, base.fastops), ("fastattn", tinyddim.fastattn, base.fastattn),
+    for name, ours, module in (("fastops", tinyddim.fastops, base.fastops),
+                               ("fastattn", tinyddim.fastattn, base.fastattn),
                                ("winograd", tinyddim.winograd, base.fastops.winograd)):
         assert module is not ours and module.__name__ == f"base_{name}"
         committed = subprocess.run(["git", "show", f"HEAD:tinyddim/{name}.py"], cwd=ROOT, capture_output=True,
