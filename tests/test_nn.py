@@ -179,6 +179,29 @@ def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
     assert key not in winograd._winograd_kernels
 
 
+def test_winograd_kernel_is_g_g_gt_of_every_channel_pair():
+    weight = randn(5, 3, 3, 3)
+    g = winograd.WINOGRAD_G.astype(np.float64)
+    expected = np.stack([[g @ weight[o, c].astype(np.float64) @ g.T for c in range(3)] for o in range(5)])  # (O, C, 4, 4)
+    np.testing.assert_allclose(winograd.winograd_kernel(weight), expected.transpose(2, 3, 0, 1).reshape(16, 5, 3),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_wide_convs_take_winograd_with_a_kernel_made_per_call_from_enough_tiles(monkeypatch):
+    """Over CACHED_PAIRS channel pairs the transformed kernel is not kept, and Winograd applies only where the
+    batch has WIDE_TILES 2x2 output tiles, on sides of 16+."""
+    monkeypatch.setattr(winograd, "CACHED_PAIRS", 16 * 24)
+    monkeypatch.setattr(winograd, "WIDE_TILES", 128)
+    x, weight, bias = randn(2, 24, 16, 16), randn(17, 24, 3, 3), randn(17)  # 17 x 24 pairs: wide; 2 x 64 tiles
+    assert winograd.applies(x, weight, 1, 1) and not winograd.applies(x[:1], weight, 1, 1)
+    assert not winograd.applies(randn(8, 24, 8, 8), weight, 1, 1)  # 128 tiles, but sides under 16
+    assert winograd.applies(x[:1], weight[:16], 1, 1)  # 16 x 24 pairs: its kernel is kept, one image suffices
+    np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), naive_conv2d(x, weight, bias, 1, (1, 1, 1, 1)),
+                               atol=2e-5)
+    assert winograd.winograd_kernel(weight) is not winograd.winograd_kernel(weight)
+    assert id(weight) not in winograd._winograd_kernels
+
+
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():
     weight = randn(16, 16, 3, 3)
     for x, stride, padding in ((randn(1, 16, 17, 16), 1, 1), (randn(1, 16, 16, 16), 2, 1),

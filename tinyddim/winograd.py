@@ -27,36 +27,53 @@ import numpy as np
 from .parallel import blocks, shared_out
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
+WINOGRAD_GG = np.kron(WINOGRAD_G, WINOGRAD_G)  # (16, 9): (G ⊗ G)[(a, b), (i, j)] = G[a, i] G[b, j]
 WINOGRAD_TILES = 256  # tiles per block (whole images, or bands of tile rows): a block's buffers stay in cache
 BATCH_LAST_PIXELS = 16  # images this small (4x4) take `_winograd_batch_last` (at 8x8 parity grids are faster)
+CACHED_PAIRS = 256 * 256  # (out, in) channel pairs up to which a conv's transformed kernel is kept
+WIDE_TILES = 256  # 2x2 output tiles in the batch from which a wider conv takes Winograd, its kernel made per call
 _winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
 _winograd_lock = threading.Lock()
 
 
 def applies(x, weight, stride, padding):
-    """3x3, stride 1, padding 1, even sides, 16 to 256x256 channels: each transformed kernel is kept, at 16/9
-    of its weight's size, so the cache stays small; below 16 channels the transforms cost more than the
-    products they save. Sides of 16+ pixels (where the FLOPs are), or of 4+ with up to 128 channels (the
-    bundled model's 8x8 and 4x4 levels): wider convs on small images would cache large kernels for little."""
-    height, width = x.shape[2:]
-    smallest = 4 if max(weight.shape[:2]) <= 128 else 16
-    return weight.shape[2:] == (3, 3) and stride == 1 and padding == 1 and height % 2 == width % 2 == 0 \
-        and min(height, width) >= smallest and min(weight.shape[:2]) >= 16 \
-        and weight.shape[0] * weight.shape[1] <= 256 * 256
+    """3x3, stride 1, padding 1, even sides, 16+ channels (below 16 the transforms cost more than the products
+    they save). Up to CACHED_PAIRS channel pairs the transformed kernel is kept (16/9 of its weight's size),
+    on sides of 16+ pixels (where the FLOPs are), or of 4+ with up to 128 channels (the bundled model's 8x8
+    and 4x4 levels). Wider convs make their kernel on each call (one product, `winograd_kernel`), which pays
+    for itself on sides of 16+ from WIDE_TILES output tiles (2x2 blocks) in the batch."""
+    batch, _, height, width = x.shape
+    out_channels, channels = weight.shape[:2]
+    if weight.shape[2:] != (3, 3) or stride != 1 or padding != 1 or height % 2 or width % 2 \
+            or min(out_channels, channels) < 16:
+        return False
+    if out_channels * channels > CACHED_PAIRS:
+        return min(height, width) >= 16 and batch * (height // 2) * (width // 2) >= WIDE_TILES
+    return min(height, width) >= (4 if max(out_channels, channels) <= 128 else 16)
 
 
 def winograd_kernel(weight):
-    """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C); computed once per weight
-    (under a lock: threads sharing a batch out do not each compute it)."""
+    """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C): vec(G g Gᵀ) = (G ⊗ G) vec(g),
+    so all pairs are one product (16, 9) @ (9, O·C). Kept (computed once per weight, under a lock: threads
+    sharing a batch out do not each compute it) up to CACHED_PAIRS channel pairs; made anew for wider ones."""
+    out_channels, channels = weight.shape[:2]
+    if out_channels * channels > CACHED_PAIRS:
+        return _transformed(weight)
     with _winograd_lock:
         cached = _winograd_kernels.get(id(weight))
         if cached is not None and cached[0]() is weight:
             return cached[1]
-        kernel = np.einsum("ai,ocij,bj->aboc", WINOGRAD_G, weight, WINOGRAD_G)  # (4, 4, O, C)
-        kernel = np.ascontiguousarray(kernel.reshape(16, *weight.shape[:2]), dtype=np.float32)
+        kernel = _transformed(weight)
         forget = weakref.ref(weight, lambda _, key=id(weight): _winograd_kernels.pop(key, None))
         _winograd_kernels[id(weight)] = (forget, kernel)
         return kernel
+
+
+def _transformed(weight):
+    """(G ⊗ G) vec(g) for every channel pair: (16, 9) @ (9, O·C), read from the (O·C, 9) weights in place."""
+    out_channels, channels = weight.shape[:2]
+    taps = np.asarray(weight, dtype=np.float32).reshape(out_channels * channels, 9)  # (O, C, 3, 3) -> (O·C, 9)
+    return (WINOGRAD_GG @ taps.T).reshape(16, out_channels, channels)  # (16, O·C) -> (16, O, C)
 
 
 def conv3x3_winograd(x, weight, bias=None):
