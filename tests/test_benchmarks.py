@@ -81,3 +81,31 @@ def test_channels_last_conv_times_every_winograd_conv_of_the_forward():
     rows = [line for line in done.stdout.splitlines() if line.startswith("  ")]
     assert len(rows) == 10 and all("channels-last" in row and "torch" in row for row in rows)
     assert re.search(r"^totals over one forward: \(B, C, H, W\) [\d.]+ ms \(1\.00\), channels-last", done.stdout, re.M)
+
+
+def test_numpy_passes_times_each_layout_and_leaves_numpys_buffer_as_it_was():
+    """Each pass of `numpy_passes.py` is the subtraction of its operands, laid out as its label says; NumPy's
+    buffer size is back as it was after an unbuffered pass; a smoke run prints every layout, with the
+    contiguous pass as the reference."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import numpy_passes
+    finally:
+        sys.path.pop(0)
+    found = numpy_passes.passes(np.random.default_rng(0))
+    size = np.getbufsize()
+    for label, fn, (a, b) in found:
+        np.testing.assert_array_equal(fn(), np.asarray(a) - np.asarray(b), err_msg=label)
+        assert np.getbufsize() == size, label
+        if label.startswith(("per row", "strided")):
+            run = int(label.split("L = ")[1].split(",")[0])
+            assert a.shape[1] == run and a.flags.c_contiguous != label.startswith("strided"), label
+            assert np.shape(b) == ((len(a), 1) if label.startswith("per row") else a.shape), label
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "numpy_passes.py"), "--rounds", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert [" ".join(words[:-4]) for words in lines] == [label for label, _, _ in found]
+    assert lines[0][-2] == "1.00" and all(float(words[-2]) > 0 for words in lines)
