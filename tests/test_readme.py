@@ -1,6 +1,7 @@
 """The README's published sizes stay true."""
 
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,3 +41,20 @@ def test_no_library_file_is_long_or_prints():
         assert len(text.splitlines()) < 400, path
         if path.name != "cli.py":
             assert not re.search(r"^\s*print\(", text, re.M), path
+
+
+def test_readme_speed_table_is_the_one_its_benchmark_runs_print():
+    """Every row of the README's speed table is what `unet_speed.py --table` makes of the committed runs
+    (docs/benchmark_*.json), so a new run changes the table and the text that reads it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import unet_speed
+    finally:
+        sys.path.pop(0)
+    printed = unet_speed.table([ROOT / "docs/benchmark_1thread.json", ROOT / "docs/benchmark_2threads.json"])
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Speed"):readme.index("## How exact")]
+    rows = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(rows) > 2 and "\n".join(rows) in section
+    machine = printed.splitlines()[0].split(". Ratio")[0].removeprefix("Measured on ")
+    assert " ".join(machine.split()) in " ".join(section.split()), machine
