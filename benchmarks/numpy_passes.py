@@ -65,15 +65,13 @@ def passes(rng):
 
 def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from unet_speed import positive, round_times, set_threads, spread
+    from unet_speed import machine_section, positive, round_times, set_threads, spread
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=positive, default=200)
     args = parser.parse_args()
     set_threads(1)
     import numpy as np
-
-    from unet_speed import machine_section
 
     args.threads = 1
     machine_section(args)
