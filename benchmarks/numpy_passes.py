@@ -26,7 +26,6 @@ ratios to the contiguous pass, with its min–max beside it.
 import argparse
 import os
 import sys
-import time
 
 FLOATS = 1 << 16  # floats per pass: 256 KiB of float32
 RUNS = (16, 64, 256, 1024, 4096)  # row lengths L

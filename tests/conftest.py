@@ -17,6 +17,7 @@ Fixtures (the session-wide ones are built once and must not be changed by a test
     bundled_torch    (diffusers UNet2DModel, scheduler config) of the trained bundled model
 """
 
+import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +35,15 @@ def max_abs(ours, ref):
     """max |ours − ref| as a float (`ref` may be a torch tensor)."""
     ref = ref.detach().cpu().numpy() if hasattr(ref, "detach") else np.asarray(ref)
     return float(np.abs(np.asarray(ours, dtype=np.float64) - ref).max())
+
+
+def benchmark_module(name):
+    """The script benchmarks/<name>.py as a module (benchmarks/ is on the path only while it imports)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def rel_err(ours, ref):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import benchmark_module
 
 import tinyddim.fastattn
 import tinyddim.fastops
@@ -18,11 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")), reason="needs the git checkout")
 def test_compare_ops_loads_the_base_revisions_speed_ups():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import compare_ops
-    finally:
-        sys.path.pop(0)
+    compare_ops = benchmark_module("compare_ops")
     base = compare_ops.load_base_ops("HEAD")
     for name, ours, module in (("fastops", tinyddim.fastops, base.fastops),
                                ("fastattn", tinyddim.fastattn, base.fastattn),
@@ -58,17 +55,14 @@ def test_channels_last_winograd_equals_the_plain_conv(shape, out_channels, tiles
 
     from tinyddim import nn
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        from channels_last_conv import conv3x3_channels_last, winograd_kernel_channels_last
-    finally:
-        sys.path.pop(0)
+    channels_last = benchmark_module("channels_last_conv")
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape, dtype=np.float32)
     weight = rng.standard_normal((out_channels, shape[1], 3, 3), dtype=np.float32)
     bias = rng.standard_normal(out_channels, dtype=np.float32) if with_bias else None
-    got = conv3x3_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), winograd_kernel_channels_last(weight),
-                                bias, tiles)  # (B, H, W, C) in, (B, H, W, O) out
+    kernel = channels_last.winograd_kernel_channels_last(weight)
+    got = channels_last.conv3x3_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), kernel, bias,
+                                              tiles)  # (B, H, W, C) in, (B, H, W, O) out
     expected = nn.conv2d(x, weight, bias, padding=1, fast=False)
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
 
@@ -89,12 +83,7 @@ def test_numpy_passes_times_each_layout_and_leaves_numpys_buffer_as_it_was():
     contiguous pass as the reference."""
     import numpy as np
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import numpy_passes
-    finally:
-        sys.path.pop(0)
-    found = numpy_passes.passes(np.random.default_rng(0))
+    found = benchmark_module("numpy_passes").passes(np.random.default_rng(0))
     size = np.getbufsize()
     for label, fn, (a, b) in found:
         np.testing.assert_array_equal(fn(), np.asarray(a) - np.asarray(b), err_msg=label)

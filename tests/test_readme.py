@@ -1,8 +1,9 @@
 """The README's published sizes and speed table stay true."""
 
 import re
-import sys
 from pathlib import Path
+
+from conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,12 +47,7 @@ def test_no_library_file_is_long_or_prints():
 def test_readme_speed_table_is_the_one_its_benchmark_runs_print():
     """Every row of the README's speed table is what `unet_speed.py --table` makes of the committed runs
     (docs/benchmark_*.json), so a new run changes the table and the text that reads it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import unet_speed
-    finally:
-        sys.path.pop(0)
-    printed = unet_speed.table([ROOT / "docs/benchmark_1thread.json", ROOT / "docs/benchmark_2threads.json"])
+    printed = benchmark_module("unet_speed").table([ROOT / "docs/benchmark_1thread.json", ROOT / "docs/benchmark_2threads.json"])
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Speed"):readme.index("## How exact")]
     rows = [line for line in printed.splitlines() if line.startswith("|")]
