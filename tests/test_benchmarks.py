@@ -78,12 +78,13 @@ def test_channels_last_conv_times_every_winograd_conv_of_the_forward():
 
 
 def test_numpy_passes_times_each_layout_and_leaves_numpys_buffer_as_it_was():
-    """Each pass of `numpy_passes.py` is the subtraction of its operands, laid out as its label says; NumPy's
-    buffer size is back as it was after an unbuffered pass; a smoke run prints every layout, with the
-    contiguous pass as the reference."""
+    """Each pass of `numpy_passes.py` is the subtraction of its operands, laid out as its label says, or the
+    exp or division its label names; NumPy's buffer size is back as it was after an unbuffered pass; a smoke
+    run prints every layout, with the contiguous pass as the reference, and the two-workers rows."""
     import numpy as np
 
-    found = benchmark_module("numpy_passes").passes(np.random.default_rng(0))
+    module = benchmark_module("numpy_passes")
+    found = module.passes(np.random.default_rng(0))
     size = np.getbufsize()
     for label, fn, (a, b) in found:
         np.testing.assert_array_equal(fn(), np.asarray(a) - np.asarray(b), err_msg=label)
@@ -92,9 +93,30 @@ def test_numpy_passes_times_each_layout_and_leaves_numpys_buffer_as_it_was():
             run = int(label.split("L = ")[1].split(",")[0])
             assert a.shape[1] == run and a.flags.c_contiguous != label.startswith("strided"), label
             assert np.shape(b) == ((len(a), 1) if label.startswith("per row") else a.shape), label
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "numpy_passes.py"), "--rounds", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    costlier = module.costlier_passes(np.random.default_rng(1))
+    (exp_label, exp, (x,)), (divide_label, divide, (a, b)) = costlier
+    assert (exp_label, divide_label) == ("exp", "divide")
+    np.testing.assert_array_equal(exp(), np.exp(x))
+    np.testing.assert_array_equal(divide(), a / b)
+    seconds = module.timed_passes(1 << 10, 3)
+    assert seconds > 0 and all(s > 0 for s in module.two_at_once("threads", 1 << 10, 3))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "numpy_passes.py"), "--rounds", "2",
+                           "--at-once-rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
-    assert [" ".join(words[:-4]) for words in lines] == [label for label, _, _ in found]
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("  ") and "L = " not in line[:8]]
+    labels = [label for label, _, _ in found + costlier]
+    assert [" ".join(words[:-4]) for words in lines] == labels
     assert lines[0][-2] == "1.00" and all(float(words[-2]) > 0 for words in lines)
+    at_once = re.findall(r"^  L = (\d+) +alone +([\d.]+) µs a pass +two threads ([\d.]+) \(.*\) +two processes ([\d.]+) ",
+                         done.stdout, re.M)
+    assert [int(row[0]) for row in at_once] == list(module.AT_ONCE)
+    assert all(float(value) > 0 for row in at_once for value in row[1:])
+
+
+def test_processes_speed_times_both_ways_and_pytorch():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "processes_speed.py"), "--threads", "2",
+                           "--batch", "4", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^bundled forward batch 4, 2 threads: PyTorch [\d.]+ .*worker processes [\d.]+ .*threads [\d.]+",
+                     done.stdout, re.M), done.stdout
+    assert re.search(r"^processes / threads [\d.]+ \(", done.stdout, re.M), done.stdout

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +25,10 @@ def test_readme_states_the_sampler_and_unet_sizes_within_ten_percent():
     for path in ("winograd", "fastattn"):
         stated = int(re.search(rf"\(`tinyddim/{path}.py`\)\s+(\d+)", readme).group(1))
         assert abs(lines(f"tinyddim/{path}.py") - stated) <= 0.1 * stated, path
-    threads = int(re.search(r"threads\s+\(`tinyddim/parallel.py`\) (\d+)\.", readme).group(1))
+    threads = int(re.search(r"threads\s+\(`tinyddim/parallel.py`\) (\d+),", readme).group(1))
     assert abs(lines("tinyddim/parallel.py") - threads) <= 0.1 * threads
+    workers = int(re.search(r"processes\s+\(`tinyddim/processes.py`\) (\d+)\.", readme).group(1))
+    assert abs(lines("tinyddim/processes.py") - workers) <= 0.1 * workers
 
 
 def test_readme_maps_every_module():
@@ -44,10 +48,12 @@ def test_no_library_file_is_long_or_prints():
             assert not re.search(r"^\s*print\(", text, re.M), path
 
 
-def test_readme_speed_table_is_the_one_its_benchmark_runs_print():
-    """Every row of the README's speed table is what `unet_speed.py --table` makes of the committed runs
-    (docs/benchmark_*.json), so a new run changes the table and the text that reads it."""
-    printed = benchmark_module("unet_speed").table([ROOT / "docs/benchmark_1thread.json", ROOT / "docs/benchmark_2threads.json"])
+@pytest.mark.parametrize("runs", ["benchmark_{}", "benchmark_avx2_{}"])
+def test_readme_speed_table_is_the_one_its_benchmark_runs_print(runs):
+    """Every row of the README's speed tables (one per machine) is what `unet_speed.py --table` makes of the
+    committed runs (docs/benchmark_*.json), so a new run changes the table and the text that reads it."""
+    paths = [ROOT / "docs" / (runs.format(threads) + ".json") for threads in ("1thread", "2threads")]
+    printed = benchmark_module("unet_speed").table(paths)
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Speed"):readme.index("## How exact")]
     rows = [line for line in printed.splitlines() if line.startswith("|")]

@@ -100,7 +100,7 @@ def test_batch_shared_out_over_cpu_threads_matches_diffusers_and_one_pass(mnist_
                                                                             monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from tinyddim import parallel
+    from tinyddim import parallel, processes
     from tinyddim.unet import unet_forward
 
     x, t = x_like("mnist", batch=5), np.array([0, 10, 500, 900, 999])
@@ -108,6 +108,7 @@ def test_batch_shared_out_over_cpu_threads_matches_diffusers_and_one_pass(mnist_
     blas_threads = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
     calls = []
     monkeypatch.setattr(parallel, "cpu_threads", lambda: threads)
+    monkeypatch.setattr(processes, "ENABLED", False)  # the threads (tests/test_processes.py: the processes)
 
     def traced(params, config, sample, timesteps):
         calls.append(len(sample))

@@ -6,6 +6,11 @@ slices in threads, each with a one-thread BLAS, keeps every core busy for the wh
 releases the GIL inside its loops. Every op of the UNet works image by image, so the slices agree with one
 pass over the whole batch to float32 rounding (a matrix product over fewer images may round differently).
 
+Threads share one interpreter lock, which every NumPy call takes to start and to finish; where the calls are
+short, two threads wait on each other. So `UNet2DModel` gives a batch to worker processes where it can
+(`processes.py`, which cuts the same slices and gives the same result); `batch_parallel` is the way where
+they cannot run, and the plain reference of that speed-up.
+
 One large image cannot be split that way, so the ops themselves share out their independent blocks
 (`shared_out`: the row bands of a convolution, the chunks of SiLU) when they are not already running in
 one slice of a batch: 256x256 at batch 1 then uses every core too.
@@ -14,6 +19,7 @@ The number of cores is BLAS's thread count (set by OMP_NUM_THREADS or OPENBLAS_N
 NumPy itself); with one thread, or one image, or arrays on a GPU, the function is called as it is.
 """
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,9 +69,32 @@ def batch_parallel(fn, sample, timesteps):
     threads = min(cpu_threads(), len(sample)) if get_array_module(sample) is np else 1
     if threads < 2:
         return fn(sample, timesteps)
-    bounds = np.linspace(0, len(sample), threads + 1).round().astype(int)
-    slices = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
-    return np.concatenate(_share(lambda s: fn(sample[s], timesteps[s]), slices, threads))
+    parts = slices(len(sample), threads)
+    return np.concatenate(_share(lambda s: fn(sample[s], timesteps[s]), parts, threads))
+
+
+def slices(batch, count):
+    """`count` slices of nearly equal length that cover range(batch), in order."""
+    bounds = np.linspace(0, batch, count + 1).round().astype(int)
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def one_blas_thread():
+    """A context in which BLAS runs one thread (for a share of work beside others running at once)."""
+    controller = _controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+@contextlib.contextmanager
+def one_share():
+    """This thread runs one share of a parallel region (beside worker processes running the others): a
+    one-thread BLAS, and ops that do not share their blocks out again."""
+    _local.inside = True
+    try:
+        with one_blas_thread():
+            yield
+    finally:
+        _local.inside = False
 
 
 def shared_out(fn, items):
@@ -89,7 +118,7 @@ def _share(fn, items, threads):
         finally:
             _local.inside = False
 
-    with _lock, _controller().limit(limits=1, user_api="blas"):
+    with _lock, one_blas_thread():
         return list(_pool(threads).map(run, items))
 
 

@@ -13,6 +13,7 @@ blocks DownBlock2D, AttnDownBlock2D, UNetMidBlock2D, UpBlock2D, AttnUpBlock2D wi
 embeddings. Anything else raises an error that names it.
 """
 
+from . import processes
 from .backend import device_of, get_array_module, to_device
 from .nn import attention, conv2d, group_norm, linear, silu, timestep_embedding, upsample_nearest
 from .parallel import batch_parallel
@@ -177,9 +178,12 @@ class UNet2DModel:
         return cls(config, params)
 
     def __call__(self, sample, timestep):
-        """ε_θ(sample, timestep); on the CPU the batch is shared out over the cores (`batch_parallel`)."""
+        """ε_θ(sample, timestep); on the CPU the batch is shared out over the cores: one slice in this process,
+        the others in worker processes (`processes.forward`), or in threads (`batch_parallel`)."""
         check_input(self.config, sample)
         timesteps = timesteps_for(timestep, len(sample))  # (B,) ints, sliced with the batch
+        if processes.applies(self, sample):
+            return processes.forward(self, sample, timesteps)
         return batch_parallel(lambda x, t: unet_forward(self.params, self.config, x, t), sample, timesteps)
 
     def to(self, device):
