@@ -98,7 +98,7 @@ def test_processes_apply_to_small_models_and_numpy_batches_with_cores_to_spare(m
     assert not processes.applies(mnist_unet, batch)  # a larger model stays in threads
     monkeypatch.setattr(processes, "WEIGHT_BYTES", size)
     monkeypatch.setattr(processes.multiprocessing.current_process(), "daemon", True, raising=False)
-    assert not processes.applies(mnist_unet, batch)  # a daemonic process (a Dask worker) may not start processes
+    assert not processes.applies(mnist_unet, batch)  # a daemonic process (a Dask worker, whose cores Dask shares out)
 
 
 def flat_weights(tree):

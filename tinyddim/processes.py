@@ -51,8 +51,8 @@ _log = logging.getLogger(__name__)
 
 def applies(model, sample):
     """Whether the batch goes to worker processes: NumPy arrays, 2+ BLAS threads and 2+ images, weights of
-    at most WEIGHT_BYTES, not already in one share of a parallel region, and processes allowed here (not a
-    daemonic process, not disabled)."""
+    at most WEIGHT_BYTES, not already in one share of a parallel region, not disabled, and not in a daemonic
+    process (a Dask worker: Dask shares the cores out itself)."""
     return (ENABLED and get_array_module(sample) is np and len(sample) > 1 and parallel.cpu_threads() > 1
             and not getattr(parallel._local, "inside", False) and not multiprocessing.current_process().daemon
             and weight_bytes(model.params) <= WEIGHT_BYTES)
@@ -99,7 +99,7 @@ def forward(model, sample, timesteps):
 
 def _in_threads(run, sample, timesteps, why):
     """After a worker failed: the workers dropped (the next call starts new ones), this batch in threads."""
-    _log.warning("tinyddim: %s; this batch runs in threads", why)
+    _log.warning("tinyddim: %s; this batch runs in threads (TINYDDIM_WORKER_PROCESSES=0 runs every batch so)", why)
     stop()
     return parallel.batch_parallel(run, sample, timesteps)
 
