@@ -85,14 +85,15 @@ def test_a_dead_worker_costs_one_batch_in_threads_and_a_new_worker_after(mnist_u
     assert len(processes._workers) == 1 and processes._workers[0].pid != first.pid
 
 
-def test_processes_apply_to_small_models_and_numpy_batches_with_cores_to_spare(mnist_unet, monkeypatch):
+def test_processes_apply_to_small_models_and_numpy_batches_with_cores_to_spare(mnist_unet, mnist_model,
+                                                                               monkeypatch):
     batch = np.zeros((2, 1, 16, 16), np.float32)
     monkeypatch.setattr(processes, "ENABLED", True)
     monkeypatch.setattr(parallel, "cpu_threads", lambda: 1)
     assert not processes.applies(mnist_unet, batch)
     monkeypatch.setattr(parallel, "cpu_threads", lambda: 2)
     assert processes.applies(mnist_unet, batch) and not processes.applies(mnist_unet, batch[:1])
-    size = sum(weight.nbytes for weight in flat_weights(mnist_unet.params))
+    size = 4 * sum(parameter.numel() for parameter in mnist_model.parameters())  # diffusers' float32 weights
     assert processes.weight_bytes(mnist_unet.params) == size
     monkeypatch.setattr(processes, "WEIGHT_BYTES", size - 1)
     assert not processes.applies(mnist_unet, batch)  # a larger model stays in threads
@@ -100,13 +101,6 @@ def test_processes_apply_to_small_models_and_numpy_batches_with_cores_to_spare(m
     monkeypatch.setattr(processes.multiprocessing.current_process(), "daemon", True, raising=False)
     assert not processes.applies(mnist_unet, batch)  # a daemonic process (a Dask worker, whose cores Dask shares out)
 
-
-def flat_weights(tree):
-    from tinyddim.weights import map_tree
-
-    found = []
-    map_tree(found.append, tree)
-    return found
 
 
 def test_the_worker_loop_answers_each_forward_and_names_what_failed(mnist_unet, monkeypatch):

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import parallel
 from .backend import get_array_module
+from .weights import map_tree
 
 ENABLED = os.environ.get("TINYDDIM_WORKER_PROCESSES", "1") != "0"
 WEIGHT_BYTES = 32 << 20  # models up to this size take worker processes (each holds a copy of the weights)
@@ -60,9 +61,9 @@ def applies(model, sample):
 
 def weight_bytes(tree):
     """The bytes of every array of a params tree."""
-    if isinstance(tree, (dict, list)):
-        return sum(weight_bytes(branch) for branch in (tree.values() if isinstance(tree, dict) else tree))
-    return tree.nbytes
+    sizes = []
+    map_tree(lambda weight: sizes.append(weight.nbytes), tree)
+    return sum(sizes)
 
 
 def forward(model, sample, timesteps):
