@@ -256,6 +256,9 @@ class PeakRSS:
     the whole of tinyddim's worker processes (`tinyddim/processes.py`: none at entry in a fresh process)."""
 
     def __enter__(self):
+        from tinyddim import processes
+
+        self.workers = processes._workers  # the list of started workers, kept up to date by tinyddim
         self.base = self.peak = self._rss()
         self.running = True
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -272,12 +275,9 @@ class PeakRSS:
             self.peak = max(self.peak, self._rss())
             time.sleep(0.0002)
 
-    @staticmethod
-    def _rss():
-        from tinyddim import processes
-
+    def _rss(self):
         total = 0
-        for pid in ["self"] + [worker.pid for worker in processes._workers]:
+        for pid in ["self"] + [worker.pid for worker in self.workers]:
             try:
                 with open(f"/proc/{pid}/statm") as f:
                     total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

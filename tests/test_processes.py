@@ -102,7 +102,6 @@ def test_processes_apply_to_small_models_and_numpy_batches_with_cores_to_spare(m
     assert not processes.applies(mnist_unet, batch)  # a daemonic process (a Dask worker, whose cores Dask shares out)
 
 
-
 def test_the_worker_loop_answers_each_forward_and_names_what_failed(mnist_unet, monkeypatch):
     x = np.random.default_rng(4).standard_normal((2, 1, 16, 16), dtype=np.float32)
     messages = io.BytesIO()
