@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_nearest")
+OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_conv")
 
 
 def load_base_ops(revision):
@@ -47,6 +47,14 @@ def load_base_ops(revision):
             for module in users:
                 setattr(module, name, loaded[-1])
     return loaded[0]
+
+
+def composed(module, name):
+    """An op that a revision's nn.py does not have yet, made of the ops it has: revisions up to 0201a28 ran
+    upsample_conv as the conv of the upsampled image."""
+    if name != "upsample_conv":
+        raise AttributeError(f"the base revision's nn.py has no {name}")
+    return lambda x, weight, bias=None: module.conv2d(module.upsample_nearest(x), weight, bias, padding=1)
 
 
 def main():
@@ -81,7 +89,7 @@ def main():
     def with_ops(module):
         def run():
             for name in OPS:
-                setattr(unet_module, name, getattr(module, name))
+                setattr(unet_module, name, getattr(module, name, None) or composed(module, name))
             return run_ours()
         return run
 

@@ -38,9 +38,10 @@ def test_a_ddim_batch_with_a_generator_list_equals_its_images_sampled_one_at_a_t
                   progress=False, return_trajectory=True) for k in indices]
     for b, one in enumerate(alone):
         assert np.array_equal(batch.trajectory.x_t[0, b], one.trajectory.x_t[0, 0])  # x_T: the same draw
-        # a batch of 3 and of 1 round ε differently in float32, and the first step (t = 999, trailing spacing)
-        # divides by √ᾱ_999 ≈ 5e-5 in x̂_0: measured max 2.7e-5 over [0, 1] (7e-7 with leading's t = 800 start)
-        assert np.abs(batch.images[b] - one.images[0]).max() < 1e-4
+        # a batch of 3 and of 1 round ε differently in float32 (by 4e-7 to 1e-6, whichever way the upsampling
+        # convs run), and the first step (t = 999, trailing spacing) divides by √ᾱ_999 ≈ 5e-5 in x̂_0: measured
+        # max 1.4e-4 over [0, 1] (2.7e-5 with the upsampling convs of 0201a28; 7e-7 from leading's t = 800)
+        assert np.abs(batch.images[b] - one.images[0]).max() < 3e-4
     # η > 0 really draws per-image noise: a different generator for image 0 changes it
     other = ddim(batch_size=1, generator=generators(6, [0]), latents=batch.trajectory.x_t[0, :1], eta=eta,
                  num_inference_steps=5, output_type="np", progress=False).images

@@ -149,6 +149,33 @@ def test_blocked_conv2d_matches_the_plain_product_for_any_buffer_budget(budget, 
                                nn.conv2d(even, weight, bias, stride=2, padding=1, fast=False), atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (3, 16, 5, 7), (1, 4, 1, 1)])
+@pytest.mark.parametrize("budget", [1, 300, 1 << 20])
+def test_upsample_conv_by_parity_matches_the_conv_of_the_upsampled_image(shape, budget, monkeypatch):
+    """Four 2x2 convs of x, one per output parity, against the naive 3x3 conv of the upsampled x, with blocks of
+    single rows, of a few images and of the whole batch."""
+    monkeypatch.setattr(fastops, "_im2col_budget", lambda xp: budget)
+    x, weight, bias = randn(*shape), randn(5, shape[1], 3, 3), randn(5)
+    expected = naive_conv2d(nn.upsample_nearest(x), weight, bias, 1, (1, 1, 1, 1))
+    # sums of up to 144 products of N(0, 1) values in float32: differences measured up to 1.9e-5
+    np.testing.assert_allclose(fastops.upsample_conv(x, weight, bias), expected, atol=5e-5)
+    np.testing.assert_allclose(nn.upsample_conv(x, weight), expected - bias[:, None, None], atol=5e-5)
+    np.testing.assert_allclose(nn.upsample_conv(x, weight, bias, fast=False), expected, atol=5e-5)
+
+
+def test_upsample_kernel_sums_the_taps_that_see_one_pixel_and_is_kept_per_weight():
+    weight = randn(4, 3, 3, 3)
+    rows = [np.array([[1, 0, 0], [0, 1, 1]]), np.array([[1, 1, 0], [0, 0, 1]])]  # R_p, written out
+    kernel = fastops.upsample_kernel(weight)  # (2p, 2q, 2r, O, 2c·C)
+    for p in range(2):
+        for q in range(2):
+            expected = np.einsum("ri,ocij,sj->rosc", rows[p], weight.astype(np.float64), rows[q])  # R_p g R_qᵀ
+            np.testing.assert_allclose(kernel[p, q], expected.reshape(2, 4, 6), rtol=1e-6)
+    assert fastops.upsample_kernel(weight) is kernel
+    assert fastops.upsample_kernel(randn(300, 300, 3, 3)) is not None  # over CACHED_PAIRS: made per call
+    assert len([key for key in winograd._kept if key[1] is fastops._upsample_taps]) >= 1
+
+
 def test_silu_in_place_overwrites_its_input_with_the_same_values():
     x = randn(3, 2, 4, 4)
     before = x.copy()
@@ -173,10 +200,10 @@ def test_winograd_3x3_conv_matches_the_naive_loop_for_any_block_size(shape, tile
 def test_winograd_kernel_is_computed_once_per_weight_and_forgotten_with_it():
     weight = randn(4, 3, 3, 3)
     first = winograd.winograd_kernel(weight)
-    assert winograd.winograd_kernel(weight) is first and id(weight) in winograd._winograd_kernels
-    key = id(weight)
+    key = (id(weight), winograd._transformed)
+    assert winograd.winograd_kernel(weight) is first and key in winograd._kept
     del weight
-    assert key not in winograd._winograd_kernels
+    assert key not in winograd._kept
 
 
 def test_winograd_kernel_is_g_g_gt_of_every_channel_pair():
@@ -199,7 +226,7 @@ def test_wide_convs_take_winograd_with_a_kernel_made_per_call_from_enough_tiles(
     np.testing.assert_allclose(nn.conv2d(x, weight, bias, padding=1), naive_conv2d(x, weight, bias, 1, (1, 1, 1, 1)),
                                atol=2e-5)
     assert winograd.winograd_kernel(weight) is not winograd.winograd_kernel(weight)
-    assert id(weight) not in winograd._winograd_kernels
+    assert (id(weight), winograd._transformed) not in winograd._kept
 
 
 def test_convs_that_winograd_does_not_cover_take_the_im2col_path():

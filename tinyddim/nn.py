@@ -4,10 +4,10 @@ Weights come in as `weight`/`bias` keywords, so the UNet writes `conv2d(h, **p["
 `p` a branch of the checkpoint's params tree. Arrays are float32 and NCHW, as in PyTorch; every op works on
 any array module (`xp = get_array_module(x)`), and the tests check each against a naive loop.
 
-Speed-ups live beside these in `fastops.py` (blocked im2col, in-place SiLU, group norm in chunks, with
-the Winograd 3x3 conv in `winograd.py`) and `fastattn.py` (many small attention heads): `conv2d`, `silu`,
-`group_norm` and `attention` hand off to them in one visible line, and the tests check the fast ops against
-the plain ones here.
+Speed-ups live beside these in `fastops.py` (blocked im2col, upsampling by parity, in-place SiLU, group
+norm in chunks, with the Winograd 3x3 conv in `winograd.py`) and `fastattn.py` (many small attention heads):
+`conv2d`, `upsample_conv`, `silu`, `group_norm` and `attention` hand off to them in one visible line, and the
+tests check the fast ops against the plain ones here.
 """
 
 import math
@@ -109,6 +109,13 @@ def upsample_nearest(x, scale=2):
     """Nearest-neighbour upsampling of (B, C, H, W) by an integer factor."""
     xp = get_array_module(x)
     return xp.repeat(xp.repeat(x, scale, axis=2), scale, axis=3)
+
+
+def upsample_conv(x, weight, bias=None, fast=True):
+    """diffusers' Upsample2D: nearest-neighbour x2, then a 3x3 conv with padding 1. fast=False always runs it."""
+    if fast and get_array_module(x) is np and weight.shape[2:] == (3, 3):
+        return fastops.upsample_conv(x, weight, bias)  # four 2x2 convs of x: tinyddim/fastops.py
+    return conv2d(upsample_nearest(x), weight, bias, padding=1, fast=fast)
 
 
 def timestep_embedding(timesteps, dim, flip_sin_to_cos, freq_shift, max_period=10000):

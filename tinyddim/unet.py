@@ -15,7 +15,7 @@ embeddings. Anything else raises an error that names it.
 
 from . import processes
 from .backend import device_of, get_array_module, to_device
-from .nn import attention, conv2d, group_norm, linear, silu, timestep_embedding, upsample_nearest
+from .nn import attention, conv2d, group_norm, linear, silu, timestep_embedding, upsample_conv
 from .parallel import batch_parallel
 from .weights import head_dim, load_unet, map_tree
 
@@ -68,8 +68,8 @@ def downsample(p, h, padding):
 
 
 def upsample(p, h):
-    """Upsample2D: nearest-neighbour x2, then a 3x3 conv."""
-    return conv2d(upsample_nearest(h), **p["conv"], padding=1)
+    """Upsample2D: nearest-neighbour x2, then a 3x3 conv (`nn.upsample_conv`)."""
+    return upsample_conv(h, **p["conv"])
 
 
 def unet_forward(params, config, sample, timestep):

@@ -32,8 +32,8 @@ WINOGRAD_TILES = 256  # tiles per block (whole images, or bands of tile rows): a
 BATCH_LAST_PIXELS = 16  # images this small (4x4) take `_winograd_batch_last` (at 8x8 parity grids are faster)
 CACHED_PAIRS = 256 * 256  # (out, in) channel pairs up to which a conv's transformed kernel is kept
 WIDE_TILES = 256  # 2x2 output tiles in the batch from which a wider conv takes Winograd, its kernel made per call
-_winograd_kernels = {}  # id(weight) -> (weak reference to weight, its transformed kernel)
-_winograd_lock = threading.Lock()
+_kept = {}  # (id(weight), make) -> (weak reference to weight, make(weight)): `kept`
+_kept_lock = threading.Lock()
 
 
 def applies(x, weight, stride, padding):
@@ -54,19 +54,26 @@ def applies(x, weight, stride, padding):
 
 def winograd_kernel(weight):
     """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C): vec(G g Gᵀ) = (G ⊗ G) vec(g),
-    so all pairs are one product (16, 9) @ (9, O·C). Kept (computed once per weight, under a lock: threads
-    sharing a batch out do not each compute it) up to CACHED_PAIRS channel pairs; made anew for wider ones."""
+    so all pairs are one product (16, 9) @ (9, O·C). Kept (`kept`) up to CACHED_PAIRS channel pairs; made
+    anew for wider ones."""
     out_channels, channels = weight.shape[:2]
     if out_channels * channels > CACHED_PAIRS:
         return _transformed(weight)
-    with _winograd_lock:
-        cached = _winograd_kernels.get(id(weight))
+    return kept(weight, _transformed)
+
+
+def kept(weight, make):
+    """make(weight), computed once per weight and kept while the weight lives (under a lock: threads sharing
+    a batch out do not each compute it); `fastops.upsample_kernel` keeps its kernels here too."""
+    key = (id(weight), make)
+    with _kept_lock:
+        cached = _kept.get(key)
         if cached is not None and cached[0]() is weight:
             return cached[1]
-        kernel = _transformed(weight)
-        forget = weakref.ref(weight, lambda _, key=id(weight): _winograd_kernels.pop(key, None))
-        _winograd_kernels[id(weight)] = (forget, kernel)
-        return kernel
+        value = make(weight)
+        forget = weakref.ref(weight, lambda _, key=key: _kept.pop(key, None))
+        _kept[key] = (forget, value)
+        return value
 
 
 def _transformed(weight):
