@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-OPS = ("conv2d", "group_norm", "silu", "linear", "attention", "upsample_conv")
+OPS = ("conv2d", "group_norm", "silu", "linear", "self_attention", "upsample_conv")
 
 
 def load_base_ops(revision):
@@ -51,10 +51,20 @@ def load_base_ops(revision):
 
 def composed(module, name):
     """An op that a revision's nn.py does not have yet, made of the ops it has: revisions up to 0201a28 ran
-    upsample_conv as the conv of the upsampled image."""
-    if name != "upsample_conv":
+    upsample_conv as the conv of the upsampled image, and up to cb840e7 self_attention on (B, HW, C) tokens."""
+    if name == "upsample_conv":
+        return lambda x, weight, bias=None: module.conv2d(module.upsample_nearest(x), weight, bias, padding=1)
+    if name != "self_attention":
         raise AttributeError(f"the base revision's nn.py has no {name}")
-    return lambda x, weight, bias=None: module.conv2d(module.upsample_nearest(x), weight, bias, padding=1)
+
+    def self_attention(h, heads, to_q, to_k, to_v, to_out):
+        batch, channels = h.shape[:2]
+        tokens = h.reshape(batch, channels, -1).swapaxes(1, 2)  # (B, C, H, W) -> (B, HW, C)
+        q, k, v = (module.linear(tokens, **p).reshape(batch, -1, heads, channels // heads).swapaxes(1, 2)
+                   for p in (to_q, to_k, to_v))  # (B, heads, HW, d) views
+        out = module.attention(q, k, v).swapaxes(1, 2).reshape(batch, -1, channels)  # -> (B, HW, C)
+        return module.linear(out, **to_out).swapaxes(1, 2).reshape(h.shape)  # -> (B, C, H, W)
+    return self_attention
 
 
 def main():

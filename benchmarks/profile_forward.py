@@ -50,7 +50,7 @@ def main():
 
         setattr(module, name, wrapper)
 
-    for name in ("conv2d", "group_norm", "silu", "attention", "linear", "upsample_conv"):
+    for name in ("conv2d", "group_norm", "silu", "self_attention", "linear", "upsample_conv"):
         timed(unet_module, name, name)
     for module, name, label in ((fastops, "_im2col", "conv2d: im2col copies"),
                                 (fastops, "_downsample_im2col", "conv2d: downsampling im2col (grids included)"),

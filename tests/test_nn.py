@@ -276,13 +276,20 @@ def test_winograd_on_parity_grids_matches_the_plain_product_for_any_block_size(s
 
 
 @pytest.mark.parametrize("chunk", [1, 5000, 1 << 16])
-def test_fast_attention_reads_strided_heads_in_place_and_lays_its_output_out_for_merging(chunk, monkeypatch):
-    """The UNet's heads: (B, heads, HW, d) views of (B, HW, heads·d) tokens, as `unet.attention_block` makes them."""
+@pytest.mark.parametrize("heads,with_bias", [(4, True), (1, True), (2, False)])
+def test_self_attention_with_the_channels_first_matches_the_plain_one_on_tokens(chunk, heads, with_bias, monkeypatch):
+    """q, k and [v; 1] as one product over the channels (1/√d in W_q, the ones from a zero row with bias 1),
+    the scores transposed, the output back in (B, C, H, W): against the plain block on (B, HW, C) tokens."""
     monkeypatch.setattr(fastattn, "ATTENTION_CHUNK", chunk)
-    q, k, v = (randn(3, 16, 4 * 8).reshape(3, 16, 4, 8).swapaxes(1, 2) for _ in range(3))  # 4 heads of 8
-    out = fastattn.attention(q, k, v)
-    np.testing.assert_allclose(out, nn.attention(q, k, v, fast=False), atol=5e-6)
-    assert out.swapaxes(1, 2).flags.c_contiguous  # (B, HW, heads, d): merging the heads is a free reshape
+    h = randn(3, 32, 4, 5)
+    maps = [{"weight": randn(32, 32) / 4, "bias": randn(32) if with_bias else None} for _ in range(4)]
+    plain = nn.self_attention(h, heads, *maps, fast=False)
+    np.testing.assert_allclose(fastattn.self_attention(h, heads, *maps), plain, atol=1e-5)  # measured up to 2.9e-6
+    np.testing.assert_allclose(nn.self_attention(h, heads, *maps), plain, atol=1e-5)
+    weight, bias = fastattn._stacked_projections(heads, *maps[:3])
+    d = 32 // heads
+    ones_rows = np.arange(2 * 32 + d, len(weight), d + 1)  # the last row of each head's [v; 1]
+    assert len(ones_rows) == heads and not weight[ones_rows].any() and (bias[ones_rows] == 1).all()
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 4, 4), (2, 16, 6, 8), (4, 20, 2, 4)])

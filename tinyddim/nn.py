@@ -6,7 +6,7 @@ any array module (`xp = get_array_module(x)`), and the tests check each against 
 
 Speed-ups live beside these in `fastops.py` (blocked im2col, upsampling by parity, in-place SiLU, group
 norm in chunks, with the Winograd 3x3 conv in `winograd.py`) and `fastattn.py` (many small attention heads):
-`conv2d`, `upsample_conv`, `silu`, `group_norm` and `attention` hand off to them in one visible line, and the
+`conv2d`, `upsample_conv`, `silu`, `group_norm`, `attention` and `self_attention` hand off to them in one visible line, and the
 tests check the fast ops against the plain ones here.
 """
 
@@ -100,9 +100,27 @@ def softmax(x, axis=-1):
 def attention(q, k, v, fast=True):
     """Scaled dot-product attention softmax(q kᵀ / √d) v over (..., tokens, d). fast=False always runs it."""
     if fast and get_array_module(q) is np:
-        return fastattn.attention(q, k, v)  # in cache-sized chunks, the softmax in place: tinyddim/fastattn.py
+        return fastattn.attention(q, k, v)  # channels first, the softmax in place: tinyddim/fastattn.py
     scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     return softmax(scores) @ v
+
+
+def self_attention(h, heads, to_q, to_k, to_v, to_out, fast=True):
+    """diffusers' Attention over the H·W positions of h (B, C, H, W) as tokens, in `heads` heads of C/heads
+    channels: q, k, v are linear maps of the tokens, each head attends (`attention`), the heads are merged and
+    mapped by to_out. Each `to_*` is a {"weight", "bias"} branch of the params tree. fast=False always runs it."""
+    if fast and get_array_module(h) is np:
+        return fastattn.self_attention(h, heads, to_q, to_k, to_v, to_out)  # channels first: tinyddim/fastattn.py
+    batch, channels, height, width = h.shape
+    tokens = h.reshape(batch, channels, height * width).swapaxes(1, 2)  # (B, C, H, W) -> (B, HW, C)
+
+    def split_heads(y):
+        return y.reshape(batch, -1, heads, channels // heads).swapaxes(1, 2)  # (B, HW, C) -> (B, heads, HW, d)
+
+    q, k, v = (split_heads(linear(tokens, **p)) for p in (to_q, to_k, to_v))
+    out = attention(q, k, v, fast=fast).swapaxes(1, 2).reshape(batch, -1, channels)  # -> (B, HW, C)
+    out = linear(out, **to_out)
+    return out.swapaxes(1, 2).reshape(batch, channels, height, width)  # (B, HW, C) -> (B, C, H, W)
 
 
 def upsample_nearest(x, scale=2):

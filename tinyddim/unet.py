@@ -15,7 +15,7 @@ embeddings. Anything else raises an error that names it.
 
 from . import processes
 from .backend import device_of, get_array_module, to_device
-from .nn import attention, conv2d, group_norm, linear, silu, timestep_embedding, upsample_conv
+from .nn import conv2d, group_norm, linear, self_attention, silu, timestep_embedding, upsample_conv
 from .parallel import batch_parallel
 from .weights import head_dim, load_unet, map_tree
 
@@ -43,21 +43,12 @@ def resnet_block(p, h, temb, config, output_scale=1.0):
 
 
 def attention_block(p, h, head_dim, num_groups, eps, output_scale=1.0):
-    """Self-attention over the H·W positions, with a residual connection (diffusers' Attention)."""
-    batch, channels, height, width = h.shape
-    heads = channels // head_dim
+    """Self-attention over the H·W positions (`nn.self_attention`), with a residual connection (diffusers'
+    Attention)."""
     x = h
     if "group_norm" in p:
         h = group_norm(h, **p["group_norm"], num_groups=num_groups, eps=eps)
-    tokens = h.reshape(batch, channels, height * width).swapaxes(1, 2).copy()  # (B, C, H, W) -> (B, HW, C)
-
-    def split_heads(y):
-        return y.reshape(batch, -1, heads, head_dim).swapaxes(1, 2)  # (B, HW, C) -> (B, heads, HW, d)
-
-    q, k, v = (split_heads(linear(tokens, **p[name])) for name in ("to_q", "to_k", "to_v"))
-    out = attention(q, k, v).swapaxes(1, 2).reshape(batch, -1, channels)  # -> (B, HW, C)
-    out = linear(out, **p["to_out"][0])
-    out = out.swapaxes(1, 2).reshape(batch, channels, height, width)  # (B, HW, C) -> (B, C, H, W)
+    out = self_attention(h, h.shape[1] // head_dim, p["to_q"], p["to_k"], p["to_v"], p["to_out"][0])
     out += x
     return out if output_scale == 1 else out / output_scale
 
