@@ -277,7 +277,7 @@ def test_winograd_on_parity_grids_matches_the_plain_product_for_any_block_size(s
 
 @pytest.mark.parametrize("chunk", [1, 5000, 1 << 16])
 @pytest.mark.parametrize("heads,with_bias", [(4, True), (1, True), (2, False)])
-def test_self_attention_with_the_channels_first_matches_the_plain_one_on_tokens(chunk, heads, with_bias, monkeypatch):
+def test_self_attention_channels_first_matches_the_plain_one_on_tokens(chunk, heads, with_bias, monkeypatch):
     """q, k and [v; 1] as one product over the channels (1/√d in W_q, the ones from a zero row with bias 1),
     the scores transposed, the output back in (B, C, H, W): against the plain block on (B, HW, C) tokens."""
     monkeypatch.setattr(fastattn, "ATTENTION_CHUNK", chunk)

@@ -5,9 +5,9 @@ Weights come in as `weight`/`bias` keywords, so the UNet writes `conv2d(h, **p["
 any array module (`xp = get_array_module(x)`), and the tests check each against a naive loop.
 
 Speed-ups live beside these in `fastops.py` (blocked im2col, upsampling by parity, in-place SiLU, group
-norm in chunks, with the Winograd 3x3 conv in `winograd.py`) and `fastattn.py` (many small attention heads):
-`conv2d`, `upsample_conv`, `silu`, `group_norm`, `attention` and `self_attention` hand off to them in one visible line, and the
-tests check the fast ops against the plain ones here.
+norm in chunks, with the Winograd 3x3 conv in `winograd.py`) and `fastattn.py` (many small attention heads,
+channels first): `conv2d`, `upsample_conv`, `silu`, `group_norm`, `attention` and `self_attention` hand off
+to them in one visible line, and the tests check the fast ops against the plain ones here.
 """
 
 import math
