@@ -207,9 +207,7 @@ UPSAMPLE_TAPS = np.einsum("pri,qcj->prqcij", ROW_SUMS, ROW_SUMS).reshape(16, 9) 
 def upsample_kernel(weight):
     """K_pq = R_p g R_qᵀ for every channel pair of a 3x3 weight (O, C, 3, 3), as (2p, 2q, 2r, O, 2c·C): one
     product (O·C, 9) @ (9, 16), then laid out so that K[p, q, r] multiplies the columns of shifts (p + r, q)
-    and (p + r, q + 1). Kept per weight up to `winograd.CACHED_PAIRS` channel pairs, like Winograd's."""
-    if weight.shape[0] * weight.shape[1] > winograd.CACHED_PAIRS:
-        return _upsample_taps(weight)
+    and (p + r, q + 1). Kept per weight like Winograd's kernels (`winograd.kept`)."""
     return winograd.kept(weight, _upsample_taps)
 
 

@@ -56,15 +56,15 @@ def winograd_kernel(weight):
     """U = G g Gᵀ of each (out, in) channel pair's 3x3 kernel g, as (16, O, C): vec(G g Gᵀ) = (G ⊗ G) vec(g),
     so all pairs are one product (16, 9) @ (9, O·C). Kept (`kept`) up to CACHED_PAIRS channel pairs; made
     anew for wider ones."""
-    out_channels, channels = weight.shape[:2]
-    if out_channels * channels > CACHED_PAIRS:
-        return _transformed(weight)
     return kept(weight, _transformed)
 
 
 def kept(weight, make):
     """make(weight), computed once per weight and kept while the weight lives (under a lock: threads sharing
-    a batch out do not each compute it); `fastops.upsample_kernel` keeps its kernels here too."""
+    a batch out do not each compute it), for weights of up to CACHED_PAIRS (out, in) channel pairs; made anew
+    on each call for wider ones. `fastops.upsample_kernel` keeps its kernels here too."""
+    if weight.shape[0] * weight.shape[1] > CACHED_PAIRS:
+        return make(weight)
     key = (id(weight), make)
     with _kept_lock:
         cached = _kept.get(key)
