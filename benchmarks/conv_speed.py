@@ -6,16 +6,15 @@
 
 Records every conv2d call of one forward of the model (the bundled one by default): input shape, kernel,
 stride, padding; and every upsampling conv (`nn.upsample_conv`, "up x2": against torch's nearest
-interpolation then conv2d). It then times each distinct call in both frameworks, interleaved round by round, and
-prints the median milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the forward
-(each shape times the number of calls). It shows where the forward's conv time goes and how far each shape
-is from torch's.
+interpolation then conv2d). It then times each distinct call in both frameworks, interleaved round by
+round, and prints the median milliseconds, the spread, the ratio, torch's GFLOP/s, and the total over the
+forward (each shape times the number of calls). It shows where the forward's conv time goes and how far
+each shape is from torch's.
 
 The column "products" times the matrix products of tinyddim's path alone (for Winograd the 16 products
 (O, C) @ (C, tiles), for im2col the one (O, C·kh·kw) @ (C·kh·kw, B·H'W'), for an upsampling conv the 8
-(O, 2C) @ (2C, B·H·W)), on arrays of their shapes: the
-part of the conv that BLAS does. Their total is a floor for the conv time that no faster NumPy transform or
-copy can go below.
+(O, 2C) @ (2C, B·H·W)), on arrays of their shapes: the part of the conv that BLAS does. Their total is a
+floor for the conv time that no faster NumPy transform or copy can go below.
 Needs `pip install -e ".[test]"` (torch).
 """
 
